@@ -1,0 +1,141 @@
+"""The conf-token cache: which prepared route conf each token APISIX holds stands for.
+
+Rules (protocol.md §5.1, §6):
+
+* Tokens are uint32, never 0 (the FlatBuffers default, indistinguishable from
+  "absent"), start at a random value so that tokens a previous runner process
+  issued almost never name a live conf here, and are unique among live ones.
+* Each entry lives ``ttl`` seconds after its *last use* (a PrepareConf that
+  returns it or a call that looks it up): APISIX may keep using a token up to
+  about 1.9 x ``APISIX_CONF_EXPIRE_TIME`` after preparing it, so a fixed TTL
+  would drop confs that are still in use.
+* At most ``max_entries`` live entries; the least recently used goes first.
+* A PrepareConf key returns the same token only while that token is live and
+  was prepared from the same conf, so APISIX never gets a token that then
+  answers CONF_TOKEN_NOT_FOUND.
+* One lock, held for dictionary work only, never while a plugin runs.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from .errors import TokenNotFound
+
+T = TypeVar("T")
+
+_TOKEN_MASK = 0xFFFFFFFF
+
+
+class _Entry(Generic[T]):
+    __slots__ = ("value", "key", "conf", "expires")
+
+    def __init__(self, value: T, key: str, conf: object, expires: float) -> None:
+        self.value = value
+        self.key = key
+        self.conf = conf
+        self.expires = expires
+
+
+class ConfCache(Generic[T]):
+    """Maps tokens to prepared confs (``T``), with a sliding TTL and LRU bound."""
+
+    def __init__(
+        self,
+        ttl: float,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+        first_token: int | None = None,
+    ) -> None:
+        if ttl <= 0 or max_entries < 1:
+            raise ValueError("ttl and max_entries must be positive")
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[int, _Entry[T]] = OrderedDict()  # least recently used first
+        self._by_key: dict[str, int] = {}
+        self._next = secrets.randbits(32) if first_token is None else first_token
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._expire(self._clock())
+            return len(self._entries)
+
+    def find(self, key: str, conf: object) -> int | None:
+        """The live token already prepared for ``key`` from the same ``conf``, refreshed; or ``None``."""
+        if not key:
+            return None
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            token = self._by_key.get(key)
+            if token is None:
+                return None
+            entry = self._entries[token]
+            if entry.conf != conf:
+                return None
+            self._touch(token, entry, now)
+            return token
+
+    def add(self, value: T, key: str = "", conf: object = None) -> int:
+        """Store ``value`` under a new token and return the token."""
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            while len(self._entries) >= self.max_entries:
+                self._drop(next(iter(self._entries)))
+            token = self._new_token()
+            self._entries[token] = _Entry(value, key, conf, now + self.ttl)
+            if key:
+                self._by_key[key] = token
+            return token
+
+    def get(self, token: int) -> T:
+        """The value for ``token``, refreshing its expiry; ``TokenNotFound`` if unknown or expired."""
+        with self._lock:
+            entry = self._entries.get(token)
+            if entry is None:
+                raise TokenNotFound(f"conf token {token} is unknown")
+            now = self._clock()
+            if entry.expires <= now:
+                self._drop(token)
+                raise TokenNotFound(f"conf token {token} expired")
+            self._touch(token, entry, now)
+            return entry.value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._by_key.clear()
+
+    def _touch(self, token: int, entry: _Entry[T], now: float) -> None:
+        entry.expires = now + self.ttl
+        self._entries.move_to_end(token)
+
+    def _expire(self, now: float) -> None:
+        # Use order and expiry order agree (every use adds the same ttl), so the
+        # expired entries are exactly a prefix of the LRU order.
+        entries = self._entries
+        while entries:
+            token, entry = next(iter(entries.items()))
+            if entry.expires > now:
+                break
+            self._drop(token)
+
+    def _drop(self, token: int) -> None:
+        entry = self._entries.pop(token)
+        if entry.key and self._by_key.get(entry.key) == token:
+            del self._by_key[entry.key]
+
+    def _new_token(self) -> int:
+        token = self._next
+        while token == 0 or token in self._entries:
+            token = (token + 1) & _TOKEN_MASK
+        self._next = (token + 1) & _TOKEN_MASK
+        return token

@@ -1,0 +1,219 @@
+"""One frame in, one reply frame out: the protocol's decisions, with no I/O.
+
+``Dispatcher.handle`` decodes a request, runs the plugins and encodes the
+reply. It is the one place where errors become Err frames (type 0): every
+``RunnerError`` maps to the code it carries, and anything else a plugin or the
+runner raises maps to SERVICE_UNAVAILABLE. Fail closed: no error ever becomes
+a reply that lets the request through.
+
+ExtraInfo questions go through the ``exchange`` function the caller passes
+with each frame (the server's exact-length I/O on the same connection);
+``CallAbandoned`` from it propagates so the caller sends nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import NamedTuple
+
+from . import frame, messages
+from .cache import ConfCache
+from .errors import CallAbandoned, ConfUnusable, DecodeError, ErrCode, PluginError, RunnerError, TokenNotFound
+from .frame import MessageType
+from .http import Args, ExtraCache, Headers, InfoKind, Request, Response
+from .plugins import Plugin, PluginRegistry, call_filter, has_filter, has_response_filter
+
+log = logging.getLogger(__name__)
+
+#: Sends an ExtraInfo.Req payload on the call's connection and returns the ExtraInfo.Resp payload.
+Exchange = Callable[[bytes], bytes]
+
+_ERR_FRAMES = {code: frame.encode(MessageType.ERROR, messages.encode_err(code)) for code in ErrCode}
+
+# Never passed to APISIX in a response-phase header list: nginx frames the body
+# itself, and a stale Content-Length with a rewritten body breaks the response.
+_HOP_BY_HOP = frozenset(
+    ("connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "content-length")
+)
+
+
+class Prepared(NamedTuple):
+    """A route conf ready to run: its plugin instances in order, or why it cannot run."""
+
+    request_chain: tuple[tuple[str, Plugin], ...]
+    response_chain: tuple[tuple[str, Plugin], ...]
+    error: str | None = None
+
+
+def _unusable(reason: str) -> Prepared:
+    return Prepared((), (), reason)
+
+
+class Dispatcher:
+    """Turns request frames into reply frames with the current plugin registry and conf cache."""
+
+    def __init__(self, registry: PluginRegistry, cache: ConfCache[Prepared]) -> None:
+        self.registry = registry
+        self.cache = cache
+
+    def handle(self, type_: int, payload: bytes, exchange: Exchange) -> bytes:
+        """The reply frame for one request frame. Raises only ``CallAbandoned``."""
+        try:
+            if type_ == MessageType.HTTP_REQ_CALL:
+                return frame.encode(MessageType.HTTP_REQ_CALL, self._req_call(payload, exchange))
+            if type_ == MessageType.PREPARE_CONF:
+                return frame.encode(MessageType.PREPARE_CONF, self._prepare_conf(payload))
+            if type_ == MessageType.HTTP_RESP_CALL:
+                return frame.encode(MessageType.HTTP_RESP_CALL, self._resp_call(payload, exchange))
+            raise DecodeError(f"unexpected message type {type_}")
+        except CallAbandoned:
+            raise
+        except PluginError as e:
+            log.error("%s", e, exc_info=e.__cause__)
+            return _ERR_FRAMES[e.code]
+        except (TokenNotFound, ConfUnusable) as e:
+            # Expected after a restart or a bad conf (logged once, when prepared).
+            log.debug("%s", e)
+            return _ERR_FRAMES[e.code]
+        except RunnerError as e:
+            log.warning("replying %s to a type-%d frame: %s", e.code.name, type_, e)
+            return _ERR_FRAMES[e.code]
+        except Exception:
+            log.exception("internal error while handling a type-%d frame; replying SERVICE_UNAVAILABLE", type_)
+            return _ERR_FRAMES[ErrCode.SERVICE_UNAVAILABLE]
+
+    # --- PrepareConf -------------------------------------------------------
+
+    def _prepare_conf(self, payload: bytes) -> bytes:
+        req = messages.parse_prepare_conf(payload)
+        token = self.cache.find(req.key, req.conf)
+        if token is None:
+            prepared = self.prepare(req.conf)
+            token = self.cache.add(prepared, req.key, req.conf)
+            if prepared.error:
+                # Still a token: a refused PrepareConf would make APISIX retry
+                # under its global lock; the calls on this token fail instead.
+                log.error("conf token %d (key %r) fails every call with 503: %s", token, req.key, prepared.error)
+        return messages.encode_prepare_conf_resp(token)
+
+    def prepare(self, conf: list[tuple[str, str]]) -> Prepared:
+        """Instantiate and configure the plugins of one route conf, in order."""
+        chain: list[tuple[str, Plugin]] = []
+        for name, value in conf:
+            cls = self.registry.get(name)
+            if cls is None:
+                return _unusable(f"unknown plugin {name!r} (loaded: {', '.join(self.registry.names()) or 'none'})")
+            try:
+                config = json.loads(value) if value.strip() else None
+            except ValueError as e:
+                return _unusable(f"conf of plugin {name!r} is not JSON: {e}")
+            try:
+                plugin = cls()
+                plugin.config = config
+                converted = plugin.configure(config)
+                if converted is not None:
+                    plugin.config = converted
+            except Exception as e:
+                return _unusable(f"plugin {name!r} rejected its conf {value!r}: {type(e).__name__}: {e}")
+            chain.append((name, plugin))
+        return Prepared(
+            tuple(p for p in chain if has_filter(p[1])),
+            tuple(p for p in chain if has_response_filter(p[1])),
+        )
+
+    def _lookup(self, token: int) -> Prepared:
+        prepared = self.cache.get(token)
+        if prepared.error:
+            raise ConfUnusable(f"conf token {token} is unusable: {prepared.error}")
+        return prepared
+
+    # --- HTTPReqCall -------------------------------------------------------
+
+    def _req_call(self, payload: bytes, exchange: Exchange) -> bytes:
+        call = messages.parse_req_call(payload)
+        prepared = self._lookup(call.conf_token)
+        if not prepared.request_chain:
+            return messages.encode_no_action(call.id)
+        extra = ExtraCache(_asker(exchange))
+        request = Request(
+            id=call.id,
+            method=call.method,
+            path=call.path,
+            headers=Headers._trusted(call.headers),
+            args=Args._trusted(call.args),
+            src_ip=call.src_ip,
+            ask=extra,
+        )
+        response = Response(ask=extra)
+        original_headers = list(call.headers)
+        original_args = list(call.args)
+        for name, plugin in prepared.request_chain:
+            try:
+                stopped = call_filter(plugin, request, response)
+            except CallAbandoned:
+                raise
+            except Exception as e:
+                raise PluginError(name, f"plugin {name!r} raised {type(e).__name__}: {e} (request id {call.id})") from e
+            if stopped:
+                return messages.encode_stop(call.id, response.status_code, response.headers.items(), response.new_body)
+        return _rewrite(call, request, response, original_headers, original_args)
+
+    # --- HTTPRespCall ------------------------------------------------------
+
+    def _resp_call(self, payload: bytes, exchange: Exchange) -> bytes:
+        call = messages.parse_resp_call(payload)
+        prepared = self._lookup(call.conf_token)
+        response = Response(
+            status_code=call.status, headers=Headers._trusted(call.headers), ask=_asker(exchange), upstream=True
+        )
+        for name, plugin in prepared.response_chain:
+            try:
+                plugin.response_filter(response)
+            except CallAbandoned:
+                raise
+            except Exception as e:
+                raise PluginError(
+                    name, f"plugin {name!r} raised {type(e).__name__} in response_filter: {e} (request id {call.id})"
+                ) from e
+        # Always the full header list: an empty one makes APISIX drop
+        # Content-Type and friends from the client's response.
+        headers = [(n, v) for n, v in response.headers.items() if n.lower() not in _HOP_BY_HOP]
+        status = response.status_code if response.status_code != call.status else 0
+        return messages.encode_resp_call_resp(call.id, status, headers, response.new_body)
+
+
+def _asker(exchange: Exchange) -> Callable[[InfoKind, str], bytes | None]:
+    def ask(kind: InfoKind, name: str) -> bytes | None:
+        return messages.parse_extra_info_resp(exchange(messages.encode_extra_info_req(kind, name)))
+
+    return ask
+
+
+def _rewrite(
+    call: messages.ReqCall,
+    request: Request,
+    response: Response,
+    original_headers: list[tuple[str, str]],
+    original_args: list[tuple[str, str]],
+) -> bytes:
+    """Only what the plugins changed, so untouched (and repeated) headers stay as they were."""
+    headers: list[tuple[str, str | None]] = []
+    for name, values in request.headers.changes(original_headers):
+        # APISIX *sets* each request header entry (last one wins), so several
+        # values travel as one list value.
+        sep = "; " if name.lower() == "cookie" else ", "
+        headers.append((name, None if values is None else sep.join(values)))
+    args: list[tuple[str, str | None]] = []
+    for name, values in request.args.changes(original_args):
+        # APISIX: first entry of a name replaces its values, later ones append.
+        args.extend([(name, None)] if values is None else [(name, v) for v in values])
+    path = request.path if request.path != call.path else None
+    resp_headers = response.headers.items()
+    body = request.new_body
+    if path is None and not headers and not args and not resp_headers and not body:
+        return messages.encode_no_action(call.id)
+    return messages.encode_rewrite(
+        call.id, path=path, headers=headers, args=args, resp_headers=resp_headers, body=body or None
+    )

@@ -1,0 +1,404 @@
+"""Plain objects that plugins read and change: ``Headers``, ``Args``, ``Request``, ``Response``.
+
+Rules:
+
+* Attributes, not getters and setters. What a plugin changes is found afterwards
+  by comparing with what APISIX sent (``MultiDict.changes``), so a plugin that
+  only reads produces no action and repeated headers are never collapsed.
+* Text is ``str``. Bytes from APISIX are decoded as UTF-8 with
+  ``surrogateescape`` and encoded back the same way, so header values, args and
+  paths in any encoding survive a round trip unchanged.
+* Values that would break an HTTP message (CR, LF, NUL) are refused when they are
+  set, so a plugin bug fails its own call instead of reaching the upstream.
+* ExtraInfo (variables, bodies) is asked lazily through an injected ``Ask``
+  function, once per call and name; this module does no I/O itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Union
+
+__all__ = ["Args", "Ask", "Headers", "InfoKind", "MultiDict", "Request", "Response"]
+
+
+class InfoKind(enum.IntEnum):
+    """What an ExtraInfo question asks for (the ``A6.ExtraInfo.Info`` union tag)."""
+
+    VAR = 1
+    REQ_BODY = 2
+    RESP_BODY = 3
+
+
+#: ``ask(kind, var_name)`` returns APISIX's answer, ``None`` when it sent no result.
+Ask = Callable[[InfoKind, str], bytes | None]
+
+_FORBIDDEN = str.maketrans("", "", "\r\n\0")
+
+
+def _text(value: object, what: str) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if text.translate(_FORBIDDEN) != text:
+        raise ValueError(f"{what} must not contain CR, LF or NUL: {text!r}")
+    return text
+
+
+Pairs = Union["MultiDict", Mapping[str, object], Iterable[tuple[str, object]]]
+
+
+class MultiDict:
+    """Ordered, multi-valued string mapping with werkzeug's verbs.
+
+    ``d["x"]`` is the first value (``KeyError`` if absent), ``d.get("x")`` the
+    same or a default, ``d.getlist("x")`` every value. ``d["x"] = v`` (or
+    ``set``) replaces every value of ``x`` with one, ``add`` appends one more,
+    ``del d["x"]`` (or ``remove``) drops them all. Iterating yields
+    ``(name, value)`` pairs in order.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Pairs = ()) -> None:
+        self._items: list[tuple[str, str]] = []
+        self.extend(items)
+
+    @staticmethod
+    def _fold(name: str) -> str:
+        return name
+
+    @classmethod
+    def _trusted(cls, items: list[tuple[str, str]]) -> MultiDict:
+        # For pairs decoded from APISIX's FlatBuffer: nginx already refused CR/LF/NUL.
+        self = cls.__new__(cls)
+        self._items = items
+        return self
+
+    def extend(self, items: Pairs) -> None:
+        """Add every pair of ``items`` (a mapping, another MultiDict or pairs)."""
+        pairs = items.items() if isinstance(items, Mapping) else items
+        for name, value in pairs:
+            self.add(name, value)
+
+    def add(self, name: str, value: object) -> None:
+        if not name:
+            raise ValueError("names must not be empty")
+        self._items.append((_text(name, "names"), _text(value, "values")))
+
+    def set(self, name: str, value: object) -> None:
+        """Replace every value of ``name`` by ``value``, keeping the first one's position."""
+        self.setlist(name, [value])
+
+    def setlist(self, name: str, values: Iterable[object]) -> None:
+        new = [(_text(name, "names"), _text(v, "values")) for v in values]
+        if not name:
+            raise ValueError("names must not be empty")
+        key = self._fold(name)
+        fold = self._fold
+        at = next((i for i, (n, _) in enumerate(self._items) if fold(n) == key), len(self._items))
+        kept = [item for item in self._items if fold(item[0]) != key]
+        self._items = kept[:at] + new + kept[at:]
+
+    def remove(self, name: str) -> None:
+        """Drop every value of ``name``; no error if there is none."""
+        key = self._fold(name)
+        self._items = [item for item in self._items if self._fold(item[0]) != key]
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        key = self._fold(name)
+        for n, v in self._items:
+            if self._fold(n) == key:
+                return v
+        return default
+
+    def getlist(self, name: str) -> list[str]:
+        key = self._fold(name)
+        return [v for n, v in self._items if self._fold(n) == key]
+
+    def pop(self, name: str, default: str | None = None) -> str | None:
+        """Remove ``name`` and return its first value (or ``default``)."""
+        value = self.get(name, default)
+        self.remove(name)
+        return value
+
+    def keys(self) -> list[str]:
+        """Distinct names, in order of first appearance."""
+        seen: dict[str, str] = {}
+        for n, _ in self._items:
+            seen.setdefault(self._fold(n), n)
+        return list(seen.values())
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+    def copy(self) -> MultiDict:
+        return self._trusted(list(self._items))
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __setitem__(self, name: str, value: object) -> None:
+        self.set(name, value)
+
+    def __delitem__(self, name: str) -> None:
+        self.remove(name)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        key = self._fold(name)
+        return any(self._fold(n) == key for n, _ in self._items)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, MultiDict):
+            return type(self) is type(other) and self._items == other._items
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._items!r})"
+
+    def changes(self, original: list[tuple[str, str]]) -> list[tuple[str, list[str] | None]]:
+        """What differs from ``original``: ``(name, new values)``, or ``(name, None)`` if gone.
+
+        Names whose values (in order) are unchanged are left out, so a read-only
+        plugin yields nothing.
+        """
+        before = self._group(original)
+        after = self._group(self._items)
+        out: list[tuple[str, list[str] | None]] = []
+        for key, (name, values) in after.items():
+            old = before.get(key)
+            if old is None or old[1] != values:
+                out.append((name, values))
+        for key, (name, _) in before.items():
+            if key not in after:
+                out.append((name, None))
+        return out
+
+    def _group(self, items: list[tuple[str, str]]) -> dict[str, tuple[str, list[str]]]:
+        groups: dict[str, tuple[str, list[str]]] = {}
+        for n, v in items:
+            groups.setdefault(self._fold(n), (n, []))[1].append(v)
+        return groups
+
+
+class Headers(MultiDict):
+    """HTTP headers: like ``MultiDict``, with names compared case-insensitively.
+
+    Names keep the case they were given in; lookups ignore it.
+    """
+
+    __slots__ = ()
+
+    @staticmethod
+    def _fold(name: str) -> str:
+        return name.lower()
+
+
+class Args(MultiDict):
+    """Query-string arguments (case-sensitive names). A bare ``?flag`` reads as ``""``."""
+
+    __slots__ = ()
+
+
+class ExtraCache:
+    """One call's cache of ExtraInfo answers, so each is asked at most once.
+
+    It is an ``Ask`` itself: the request and the response of one call share one.
+    """
+
+    __slots__ = ("_ask", "_answers")
+
+    def __init__(self, ask: Ask | None) -> None:
+        self._ask = ask
+        self._answers: dict[tuple[InfoKind, str], bytes | None] = {}
+
+    @classmethod
+    def of(cls, ask: Ask | None) -> ExtraCache:
+        return ask if isinstance(ask, ExtraCache) else cls(ask)
+
+    def __call__(self, kind: InfoKind, name: str = "") -> bytes | None:
+        key = (kind, name)
+        if key not in self._answers:
+            self._answers[key] = self._ask(kind, name) if self._ask is not None else None
+        return self._answers[key]
+
+    def var(self, name: str) -> str | None:
+        raw = self(InfoKind.VAR, name)
+        return None if raw is None else raw.decode("utf-8", "surrogateescape")
+
+
+def _to_bytes(body: bytes | bytearray | str) -> bytes:
+    return body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body)
+
+
+class Request:
+    """The client request as APISIX sees it at this phase; change it to rewrite it.
+
+    ``path`` (decoded, no query string), ``headers`` and ``args`` are assignable
+    and changes are sent upstream as a Rewrite. ``body`` is asked from APISIX the
+    first time it is read; assigning it replaces the body sent upstream.
+    """
+
+    __slots__ = ("id", "method", "_path", "_src_ip", "_headers", "_args", "_body", "_body_set", "_extra")
+
+    def __init__(
+        self,
+        *,
+        id: int = 0,
+        method: str = "GET",
+        path: str = "/",
+        headers: Pairs = (),
+        args: Pairs = (),
+        src_ip: str | bytes = "127.0.0.1",
+        body: bytes | str | None = None,
+        ask: Ask | None = None,
+    ) -> None:
+        self.id = id
+        self.method = method
+        self.path = path
+        self._src_ip = src_ip
+        self._headers = headers if isinstance(headers, Headers) else Headers(headers)
+        self._args = args if isinstance(args, Args) else Args(args)
+        self._body: bytes | str | None = body
+        self._body_set = False
+        self._extra = ExtraCache.of(ask)
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @path.setter
+    def path(self, value: str) -> None:
+        # APISIX escapes the path itself and treats "" as present: an empty or
+        # relative path would reach the upstream as a broken request line.
+        if not isinstance(value, str) or not value.startswith("/"):
+            raise ValueError(f"path must be a decoded absolute path starting with '/': {value!r}")
+        self._path = _text(value, "path")
+
+    @property
+    def src_ip(self) -> str:
+        """The client's address (IPv4 or IPv6) as text."""
+        if isinstance(self._src_ip, bytes):
+            self._src_ip = str(ipaddress.ip_address(self._src_ip)) if len(self._src_ip) in (4, 16) else ""
+        return self._src_ip
+
+    @property
+    def headers(self) -> Headers:
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: Pairs) -> None:
+        self._headers = Headers(value)
+
+    @property
+    def args(self) -> Args:
+        return self._args
+
+    @args.setter
+    def args(self, value: Pairs) -> None:
+        self._args = Args(value)
+
+    @property
+    def body(self) -> bytes | str:
+        """The request body (``b""`` if none), fetched from APISIX on first read."""
+        if self._body is None:
+            self._body = self._extra(InfoKind.REQ_BODY) or b""
+        return self._body
+
+    @body.setter
+    def body(self, value: bytes | str) -> None:
+        self._body = value
+        self._body_set = True
+
+    @property
+    def new_body(self) -> bytes | None:
+        """The body a plugin assigned, as bytes, or ``None`` if none was assigned."""
+        return _to_bytes(self._body) if self._body_set and self._body is not None else None
+
+    def var(self, name: str) -> str | None:
+        """An nginx/APISIX variable (``host``, ``remote_addr``, ``route_id``, ``cookie_x``...).
+
+        ``None`` when APISIX has no value for it, ``""`` when it is empty.
+        """
+        return self._extra.var(name)
+
+    def __repr__(self) -> str:
+        return f"<Request id={self.id} {self.method} {self._path!r}>"
+
+
+class Response:
+    """The response a plugin produces (request phase) or the upstream's (response phase).
+
+    Request phase: set ``status_code``, ``headers`` and ``body`` and call
+    ``self.stop()`` to answer the client directly; without ``stop()``,
+    ``headers`` are added to the client's response while the request goes on
+    upstream. Response phase: ``status_code`` and ``headers`` are the
+    upstream's, ``body`` is fetched from APISIX on first read; change any of them.
+    """
+
+    __slots__ = ("status_code", "_headers", "_body", "_body_set", "_body_kind", "_extra")
+
+    def __init__(
+        self,
+        *,
+        status_code: int = 200,
+        headers: Pairs = (),
+        body: bytes | str | None = None,
+        ask: Ask | None = None,
+        upstream: bool = False,
+    ) -> None:
+        self.status_code = status_code
+        self._headers = headers if isinstance(headers, Headers) else Headers(headers)
+        self._body: bytes | str | None = body
+        self._body_set = False
+        # Only an upstream response has a body to fetch (APISIX has none to
+        # give inside a request call).
+        self._body_kind = InfoKind.RESP_BODY if upstream else None
+        self._extra = ExtraCache.of(ask)
+
+    @property
+    def headers(self) -> Headers:
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: Pairs) -> None:
+        self._headers = Headers(value)
+
+    @property
+    def body(self) -> bytes | str | None:
+        """The body: set it to reply with it; in the response phase, reading it fetches the upstream's."""
+        if self._body is None and self._body_kind is not None and not self._body_set:
+            self._body = self._extra(self._body_kind) or b""
+        return self._body
+
+    @body.setter
+    def body(self, value: bytes | str | None) -> None:
+        self._body = value
+        self._body_set = True
+
+    @property
+    def new_body(self) -> bytes | None:
+        """The body as bytes if a plugin set one (in the request phase: any body), else ``None``."""
+        if self._body is None or (self._body_kind is not None and not self._body_set):
+            return None
+        return _to_bytes(self._body)
+
+    def var(self, name: str) -> str | None:
+        """An nginx/APISIX variable, as ``Request.var``."""
+        return self._extra.var(name)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status_code}>"

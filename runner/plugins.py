@@ -1,0 +1,165 @@
+"""Plugins: the base class authors subclass, and the registry built from a directory.
+
+Discovery and registration are separate (pluggy's rule): ``load_plugins``
+imports every ``*.py`` file of a directory with importlib under a private
+module name and registers each ``Plugin`` subclass defined there;
+``PluginRegistry.register`` validates. Every problem is found at start-up (or
+at a reload) and named with its file, never when a request arrives.
+
+A plugin instance belongs to one (conf token, conf entry) and may serve many
+calls at once on different threads. So ``stop()``/``rewrite()`` record the
+decision for the *current call* in thread-local state, never on the instance.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from .errors import PluginLoadError
+from .http import Request, Response
+
+log = logging.getLogger(__name__)
+
+_decision = threading.local()
+
+
+class Plugin:
+    """Base class of runner plugins.
+
+    Define ``filter(request, response)`` for the request phase
+    (``ext-plugin-pre-req`` / ``ext-plugin-post-req``) and/or
+    ``response_filter(response)`` for the response phase
+    (``ext-plugin-post-resp``). ``name`` is what route confs use (default: the
+    class name; matched case-insensitively). ``self.config`` holds this route's
+    parsed JSON conf for the plugin; define ``configure(config)`` to validate it
+    (raise to reject) or convert it (a non-``None`` return value replaces it).
+    """
+
+    name: str = ""
+    config: Any = None
+
+    def __init__(self, name: str | None = None) -> None:
+        # The seed's form, ``super().__init__(self.__class__.__name__)``, lands here.
+        if name:
+            self.name = name
+
+    def filter(self, request: Request, response: Response) -> None:
+        """Request phase: read or change ``request``; fill ``response`` and call ``stop()`` to answer."""
+
+    def response_filter(self, response: Response) -> None:
+        """Response phase: read or change the upstream's ``response``."""
+
+    def configure(self, config: Any) -> Any:
+        """Validate or convert this route's conf; raise to reject it."""
+        return None
+
+    def stop(self) -> None:
+        """End the request with ``response`` (status, headers, body) instead of proxying it."""
+        _decision.stop = True
+
+    def rewrite(self) -> None:
+        """Let the request go on upstream with this call's changes (the default)."""
+        _decision.stop = False
+
+
+Base = Plugin  # the seed runner's name for the base class
+
+
+def call_filter(plugin: Plugin, request: Request, response: Response) -> bool:
+    """Run ``plugin.filter`` and return whether it asked to stop."""
+    _decision.stop = False
+    plugin.filter(request, response)
+    return bool(_decision.stop)
+
+
+def has_filter(plugin: Plugin) -> bool:
+    return type(plugin).filter is not Plugin.filter
+
+
+def has_response_filter(plugin: Plugin) -> bool:
+    return type(plugin).response_filter is not Plugin.response_filter
+
+
+def plugin_name(cls: type[Plugin]) -> str:
+    """The name a route conf uses for ``cls``, lower-cased for matching."""
+    return (cls.name or cls.__name__).lower()
+
+
+class PluginRegistry:
+    """Plugin classes by (lower-cased) name, with the file each came from."""
+
+    def __init__(self) -> None:
+        self._classes: dict[str, type[Plugin]] = {}
+        self._files: dict[str, str] = {}
+
+    def register(self, cls: type[Plugin], path: str = "<code>") -> str:
+        """Add ``cls``; return its name. Rejects duplicates and classes that define no filter."""
+        if not (isinstance(cls, type) and issubclass(cls, Plugin)):
+            raise PluginLoadError(path, f"{cls!r} is not a Plugin subclass")
+        name = plugin_name(cls)
+        if name in self._classes:
+            raise PluginLoadError(
+                path, f"plugin name {name!r} of {cls.__name__} is already taken by {self._files[name]}"
+            )
+        if cls.filter is Plugin.filter and cls.response_filter is Plugin.response_filter:
+            raise PluginLoadError(path, f"{cls.__name__} defines neither filter() nor response_filter()")
+        self._classes[name] = cls
+        self._files[name] = path
+        return name
+
+    def get(self, name: str) -> type[Plugin] | None:
+        return self._classes.get(name.lower())
+
+    def file_of(self, name: str) -> str:
+        return self._files[name.lower()]
+
+    def names(self) -> list[str]:
+        return sorted(self._classes)
+
+    def __len__(self) -> int:
+        return len(self._classes)
+
+
+_generation = 0
+_generation_lock = threading.Lock()
+
+
+def load_plugins(directory: str | Path) -> PluginRegistry:
+    """Import every ``*.py`` in ``directory`` (not ``_*``) and register its Plugin subclasses.
+
+    Raises ``PluginLoadError`` naming the file on the first problem: a missing
+    directory, an import that fails, a duplicate name.
+    """
+    global _generation
+    root = Path(directory)
+    if not root.is_dir():
+        raise PluginLoadError(str(root), "plugin directory does not exist")
+    with _generation_lock:
+        # Each load gets fresh module names, so a reload really re-executes the
+        # files and never mixes classes of two loads.
+        _generation += 1
+        prefix = f"_a6_plugins{_generation}"
+    registry = PluginRegistry()
+    for path in sorted(root.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        module_name = f"{prefix}.{path.stem}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise PluginLoadError(str(path), "cannot be imported")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[module_name]
+            raise PluginLoadError(str(path), f"import failed: {type(e).__name__}: {e}") from e
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, Plugin) and obj.__module__ == module_name:
+                registry.register(obj, str(path))
+    return registry

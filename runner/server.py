@@ -1,0 +1,243 @@
+"""The Unix-socket server: the only module that touches sockets.
+
+Threading rules:
+
+* One worker thread per APISIX connection (``ThreadingMixIn``). APISIX opens a
+  second connection for a PrepareConf while the first one waits silently, so
+  connections are never serialised and no lock is held across a call.
+* A connection carries one call at a time: read a frame, answer it (asking
+  ExtraInfo questions on the same connection in between), repeat until EOF.
+  There is no idle timeout: APISIX keeps connections pooled for up to 180 s.
+* Every read goes through ``Connection.read_frame``, which returns whole frames
+  whatever the fragmentation, ``None`` at EOF on a frame boundary, and raises
+  ``FrameError`` at EOF inside a frame.
+
+Shutdown rules: ``stop_connections`` marks the server closing, shuts down the
+connections that sit idle between calls, and waits (bounded) for calls in
+flight to be answered; each busy connection closes after its reply.
+
+Socket path rules: refuse a path that exists and is not a socket; bind under a
+temporary name, chmod, then ``rename`` onto the path, so the path never exists
+with the wrong mode and a runner started by an APISIX reload takes over the
+path atomically; on close, unlink the path only if it is still our inode (the
+old runner of a reload must not delete the new one's socket).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import socketserver
+import stat
+import threading
+
+from .dispatch import Dispatcher
+from .errors import CallAbandoned, ConfigError, FrameError
+from .frame import Frame, FrameDecoder, MessageType, encode
+
+log = logging.getLogger(__name__)
+
+# Per recv; no buffer is kept per connection, so thousands of idle pooled
+# connections cost little memory.
+_RECV_SIZE = 64 * 1024
+_SUN_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
+
+
+class RunnerServer(socketserver.ThreadingUnixStreamServer):
+    """Serves APISIX connections on a Unix socket; see the module docstring for the rules."""
+
+    daemon_threads = True  # shutdown drains calls itself (stop_connections), bounded in time
+    block_on_close = False
+    request_queue_size = 1024  # a full backlog makes APISIX's non-blocking connect fail at once
+
+    def __init__(self, path: str, dispatcher: Dispatcher, mode: int = 0o766) -> None:
+        self.dispatcher = dispatcher
+        self.mode = mode
+        self._inode: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
+        self._connections: set[Connection] = set()
+        self._busy = 0
+        self.closing = False
+        super().__init__(path, Connection)
+
+    # --- socket path -------------------------------------------------------
+
+    def server_bind(self) -> None:
+        path = str(self.server_address)
+        check_socket_path(path)
+        directory, base = os.path.split(path)
+        temp = os.path.join(directory, f".{base}.{os.getpid()}")
+        if len(os.fsencode(temp)) > _SUN_PATH_MAX:
+            # No room for a temporary name: replace a stale socket in place.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            temp = path
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+        self.socket.bind(temp)
+        os.chmod(temp, self.mode)
+        if temp != path:
+            os.rename(temp, path)
+        st = os.stat(path)
+        self._inode = (st.st_dev, st.st_ino)
+
+    def server_close(self) -> None:
+        super().server_close()
+        path = str(self.server_address)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) == self._inode:
+            os.unlink(path)
+        else:
+            log.info("not removing %s: another runner has bound it since", path)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        log.exception("unexpected error on an APISIX connection")
+
+    # --- connection tracking ----------------------------------------------
+
+    def _enter(self, conn: Connection) -> bool:
+        with self._lock:
+            if self.closing:
+                return False
+            self._connections.add(conn)
+            return True
+
+    def _leave(self, conn: Connection) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+            if conn.busy:
+                conn.busy = False
+                self._busy -= 1
+                self._drained.notify_all()
+
+    def _call_started(self, conn: Connection) -> None:
+        with self._lock:
+            conn.busy = True
+            self._busy += 1
+
+    def _call_ended(self, conn: Connection) -> bool:
+        """Mark ``conn`` idle; ``False`` if it must close because the server is stopping."""
+        with self._lock:
+            conn.busy = False
+            self._busy -= 1
+            if self._busy == 0:
+                self._drained.notify_all()
+            return not self.closing
+
+    @property
+    def connection_count(self) -> int:
+        with self._lock:
+            return len(self._connections)
+
+    def stop_connections(self, timeout: float) -> bool:
+        """Close idle connections, wait up to ``timeout`` s for calls in flight; ``True`` if all ended."""
+        with self._lock:
+            self.closing = True
+            for conn in self._connections:
+                if not conn.busy:
+                    conn.close_idle()
+            return self._drained.wait_for(lambda: self._busy == 0, timeout)
+
+
+class Connection(socketserver.BaseRequestHandler):
+    """One APISIX connection, served on its own thread until EOF."""
+
+    request: socket.socket
+    server: RunnerServer
+
+    def setup(self) -> None:
+        self.busy = False
+        self._decoder = FrameDecoder()
+        self._in_call = False
+        self._abandoned = False
+
+    def handle(self) -> None:
+        server = self.server
+        if not server._enter(self):
+            return
+        dispatch = server.dispatcher.handle
+        sock = self.request
+        try:
+            while True:
+                received = self.read_frame()
+                if received is None:
+                    return
+                server._call_started(self)
+                self._in_call, self._abandoned = True, False
+                try:
+                    reply = dispatch(received.type, received.payload, self._exchange)
+                except CallAbandoned as e:
+                    log.debug("call abandoned: %s", e)
+                    return
+                finally:
+                    self._in_call = False
+                if self._abandoned:  # a plugin swallowed CallAbandoned: still send nothing
+                    return
+                sock.sendall(reply)
+                if not server._call_ended(self):
+                    return
+        except FrameError as e:
+            log.debug("dropping connection: %s", e)
+        except (ConnectionError, TimeoutError) as e:
+            log.debug("connection lost: %s", e)
+        finally:
+            server._leave(self)
+
+    def read_frame(self) -> Frame | None:
+        """The next whole frame; ``None`` at a clean EOF; ``FrameError`` at EOF inside a frame."""
+        decoder = self._decoder
+        while (received := decoder.next_frame()) is None:
+            data = self.request.recv(_RECV_SIZE)
+            if not data:
+                if decoder.pending:
+                    raise FrameError(f"connection closed inside a frame ({decoder.pending} bytes buffered)")
+                return None
+            decoder.feed(data)
+        return received
+
+    def _exchange(self, question: bytes) -> bytes:
+        """Ask APISIX one ExtraInfo question on this connection and return its answer's payload."""
+        if not self._in_call:
+            raise RuntimeError("ExtraInfo can only be asked while a call is being handled")
+        if self._abandoned:
+            raise CallAbandoned("the connection was already given up")
+        try:
+            self.request.sendall(encode(MessageType.EXTRA_INFO, question))
+            answer = self.read_frame()
+        except (OSError, FrameError) as e:
+            self._abandoned = True
+            raise CallAbandoned(f"connection lost while waiting for ExtraInfo: {e}") from None
+        if answer is None or answer.type != MessageType.EXTRA_INFO:
+            self._abandoned = True
+            got = "EOF" if answer is None else f"a type-{answer.type} frame"
+            raise CallAbandoned(f"APISIX answered an ExtraInfo question with {got}")
+        return answer.payload
+
+    def close_idle(self) -> None:
+        # Wakes the thread blocked in recv with EOF; called with the server lock held.
+        with contextlib.suppress(OSError):
+            self.request.shutdown(socket.SHUT_RDWR)
+
+
+def check_socket_path(path: str) -> None:
+    """Refuse paths we must not or cannot bind, with a message that says why."""
+    if not os.path.isabs(path):
+        raise ConfigError(f"socket path must be absolute: {path!r}")
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:
+        raise ConfigError(f"socket path is longer than {_SUN_PATH_MAX} bytes: {path!r}")
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise ConfigError(f"socket directory does not exist: {directory}")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ConfigError(f"socket path exists and is not a socket: {path}")

@@ -1,0 +1,365 @@
+"""A fake APISIX: speaks the ext-plugin protocol to a runner over a real Unix socket.
+
+It plays APISIX's side exactly: PrepareConf on its own connection, one call in
+flight per connection, ExtraInfo questions answered from what the test
+supplied (an unknown variable or a missing body is answered with no result,
+as APISIX does), and the response phase. Replies are decoded with the generic
+FlatBuffers readers of ``a6pluginprotos`` (plus raw table reads for the fields
+that package lacks), never with the runner's own decoder, so a symmetric bug
+in the runner cannot hide itself.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import flatbuffers
+from A6.Err.Resp import Resp as ErrResp
+from A6.ExtraInfo.Req import Req as ExtraInfoReq
+from A6.ExtraInfo.Var import Var as ExtraInfoVar
+from A6.HTTPReqCall.Resp import Resp as ReqCallResp
+from A6.HTTPReqCall.Stop import Stop as StopTable
+from A6.PrepareConf.Resp import Resp as PrepareConfResp
+from A6.TextEntry import TextEntry
+from flatbuffers.table import Table
+
+from .frame import HEADER_LEN, MAX_PAYLOAD, MessageType
+
+__all__ = ["ApisixClient", "ProtocolViolation", "ReqCallReply", "RespCallReply", "encode_frame"]
+
+METHODS = (
+    "GET", "HEAD", "POST", "PUT", "DELETE", "MKCOL", "COPY", "MOVE", "OPTIONS",
+    "PROPFIND", "PROPPATCH", "LOCK", "UNLOCK", "PATCH", "TRACE",
+)  # fmt: skip
+
+Pairs = Sequence[tuple[str, str | None]]
+
+
+class ProtocolViolation(AssertionError):
+    """The runner sent something APISIX would reject (wrong type, empty payload...)."""
+
+
+def encode_frame(type_: int, payload: bytes) -> bytes:
+    if not 0 < len(payload) <= MAX_PAYLOAD:
+        raise ValueError(f"payload length {len(payload)} cannot be framed")
+    return struct.pack(">I", type_ << 24 | len(payload)) + payload
+
+
+# --- request encoders (what APISIX sends) -----------------------------------
+
+
+def _b(text: str | bytes) -> bytes:
+    return text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+
+
+def _entries(b: flatbuffers.Builder, pairs: Pairs) -> int:
+    offsets = []
+    for name, value in pairs:
+        n = b.CreateString(_b(name))
+        v = None if value is None else b.CreateString(_b(value))
+        b.StartObject(2)
+        b.PrependUOffsetTRelativeSlot(0, n, 0)
+        if v is not None:
+            b.PrependUOffsetTRelativeSlot(1, v, 0)
+        offsets.append(b.EndObject())
+    b.StartVector(4, len(offsets), 4)
+    for off in reversed(offsets):
+        b.PrependUOffsetTRelative(off)
+    return int(b.EndVector())
+
+
+def _done(b: flatbuffers.Builder, root: int) -> bytes:
+    b.Finish(root)
+    return bytes(b.Output())
+
+
+def prepare_conf_req(conf: Pairs | None, key: str) -> bytes:
+    b = flatbuffers.Builder(256)
+    cv = _entries(b, conf) if conf is not None else None
+    kv = b.CreateString(key)
+    b.StartObject(2)
+    b.PrependUOffsetTRelativeSlot(1, kv, 0)
+    if cv is not None:
+        b.PrependUOffsetTRelativeSlot(0, cv, 0)
+    return _done(b, b.EndObject())
+
+
+def req_call_req(*, id: int, token: int, method: str, path: str, args: Pairs, headers: Pairs, src_ip: bytes) -> bytes:
+    b = flatbuffers.Builder(512)
+    ip = b.CreateByteVector(src_ip)
+    p = b.CreateString(_b(path))
+    av = _entries(b, args)  # APISIX always sends both vectors, empty or not
+    hv = _entries(b, headers)
+    b.StartObject(7)
+    b.PrependUint32Slot(6, token, 0)
+    b.PrependUOffsetTRelativeSlot(5, hv, 0)
+    b.PrependUOffsetTRelativeSlot(4, av, 0)
+    b.PrependUOffsetTRelativeSlot(3, p, 0)
+    b.PrependUint8Slot(2, METHODS.index(method), 0)
+    b.PrependUOffsetTRelativeSlot(1, ip, 0)
+    b.PrependUint32Slot(0, id, 0)
+    return _done(b, b.EndObject())
+
+
+def resp_call_req(*, id: int, token: int, status: int, headers: Pairs) -> bytes:
+    b = flatbuffers.Builder(512)
+    hv = _entries(b, headers)
+    b.StartObject(4)
+    b.PrependUint32Slot(3, token, 0)
+    b.PrependUOffsetTRelativeSlot(2, hv, 0)
+    b.PrependUint16Slot(1, status, 0)
+    b.PrependUint32Slot(0, id, 0)
+    return _done(b, b.EndObject())
+
+
+def extra_info_resp(result: bytes | None) -> bytes:
+    b = flatbuffers.Builder(64 + (len(result) if result else 0))
+    rv = b.CreateByteVector(result) if result is not None else None
+    b.StartObject(1)
+    if rv is not None:
+        b.PrependUOffsetTRelativeSlot(0, rv, 0)
+    return _done(b, b.EndObject())
+
+
+# --- reply decoders (generic readers) ---------------------------------------
+
+
+def _root(buf: bytes) -> Table:
+    return Table(buf, flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, 0))
+
+
+def _text_pairs(tab: Table, vt: int) -> list[tuple[str, str | None]]:
+    o = tab.Offset(vt)
+    if not o:
+        return []
+    start, out = tab.Vector(o), []
+    for j in range(tab.VectorLen(o)):
+        e = TextEntry()
+        e.Init(tab.Bytes, tab.Indirect(start + 4 * j))
+        value = e.Value()
+        out.append(
+            (
+                e.Name().decode("utf-8", "surrogateescape"),
+                None if value is None else value.decode("utf-8", "surrogateescape"),
+            )
+        )
+    return out
+
+
+def _byte_vector(tab: Table, vt: int) -> bytes | None:
+    o = tab.Offset(vt)
+    if not o:
+        return None
+    start = tab.Vector(o)
+    return bytes(tab.Bytes[start : start + tab.VectorLen(o)])
+
+
+def _u(tab: Table, vt: int, flags: type) -> int:
+    o = tab.Offset(vt)
+    return int(tab.Get(flags, o + tab.Pos)) if o else 0
+
+
+@dataclass
+class ReqCallReply:
+    """What the runner answered to an HTTPReqCall, as APISIX would read it."""
+
+    err: int | None = None  # A6.Err.Code when the runner replied with an Err frame
+    id: int = 0
+    action: str = "none"  # "none", "stop" or "rewrite"
+    status: int = 0  # Stop
+    headers: list[tuple[str, str | None]] = field(default_factory=list)  # Stop / Rewrite headers
+    body: bytes | None = None  # Stop / Rewrite body
+    path: str | None = None  # Rewrite
+    args: list[tuple[str, str | None]] = field(default_factory=list)  # Rewrite
+    resp_headers: list[tuple[str, str | None]] = field(default_factory=list)  # Rewrite
+    asked: list[tuple[str, str]] = field(default_factory=list)  # ExtraInfo questions, in order
+
+
+@dataclass
+class RespCallReply:
+    """What the runner answered to an HTTPRespCall."""
+
+    err: int | None = None
+    id: int = 0
+    status: int = 0
+    headers: list[tuple[str, str | None]] = field(default_factory=list)
+    body: bytes | None = None
+    asked: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _err_code(payload: bytes) -> int:
+    if not payload:
+        raise ProtocolViolation("zero-length Err payload (APISIX answers 500)")
+    return int(ErrResp.GetRootAs(payload, 0).Code())
+
+
+def decode_req_call_reply(payload: bytes) -> ReqCallReply:
+    resp = ReqCallResp.GetRootAs(payload, 0)
+    reply = ReqCallReply(id=resp.Id())
+    action = resp.Action()
+    if resp.ActionType() == 1:
+        stop = StopTable()
+        stop.Init(action.Bytes, action.Pos)
+        reply.action, reply.status = "stop", stop.Status()
+        reply.headers = _text_pairs(action, 6)
+        reply.body = _byte_vector(action, 8)
+    elif resp.ActionType() == 2:
+        # Rewrite read by vtable offsets: a6pluginprotos 0.2.1 lacks slots 3 and 4.
+        path = action.Offset(4)
+        reply.action = "rewrite"
+        reply.path = action.String(path + action.Pos).decode("utf-8", "surrogateescape") if path else None
+        reply.headers = _text_pairs(action, 6)
+        reply.args = _text_pairs(action, 8)
+        reply.resp_headers = _text_pairs(action, 10)
+        reply.body = _byte_vector(action, 12)
+    elif resp.ActionType() != 0:
+        raise ProtocolViolation(f"unknown action type {resp.ActionType()}")
+    return reply
+
+
+def decode_resp_call_reply(payload: bytes) -> RespCallReply:
+    t = _root(payload)
+    return RespCallReply(
+        id=_u(t, 4, flatbuffers.number_types.Uint32Flags),
+        status=_u(t, 6, flatbuffers.number_types.Uint16Flags),
+        headers=_text_pairs(t, 8),
+        body=_byte_vector(t, 10),
+    )
+
+
+# --- the client ---------------------------------------------------------------
+
+
+class ApisixClient:
+    """One APISIX connection to a runner. ``with ApisixClient(path) as c: ...``"""
+
+    def __init__(self, path: str, timeout: float = 30.0) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self._next_id = 1
+
+    def __enter__(self) -> ApisixClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    # frames
+    def send_frame(self, type_: int, payload: bytes) -> None:
+        self.sock.sendall(encode_frame(type_, payload))
+
+    def recv_exactly(self, n: int) -> bytes:
+        chunks, left = [], n
+        while left:
+            chunk = self.sock.recv(min(left, 1 << 20))
+            if not chunk:
+                raise EOFError(f"runner closed the connection with {left} of {n} bytes missing")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def read_frame(self) -> tuple[int, bytes]:
+        header = self.recv_exactly(HEADER_LEN)
+        type_, size = header[0], int.from_bytes(header[1:], "big")
+        if size == 0:
+            raise ProtocolViolation(f"type-{type_} frame with a zero-length payload (APISIX answers 500)")
+        return type_, self.recv_exactly(size)
+
+    # calls
+    def prepare_conf(self, conf: Pairs | None = None, key: str = "route#1#ext-plugin-pre-req#1") -> int:
+        """Send a PrepareConf and return the token; ``LookupError`` carries the Err code if refused."""
+        self.send_frame(MessageType.PREPARE_CONF, prepare_conf_req(conf, key))
+        type_, payload = self.read_frame()
+        if type_ == MessageType.ERROR:
+            raise LookupError(_err_code(payload))
+        if type_ != MessageType.PREPARE_CONF:
+            raise ProtocolViolation(f"PrepareConf answered with a type-{type_} frame")
+        token = int(PrepareConfResp.GetRootAs(payload, 0).ConfToken())
+        if token == 0:
+            raise ProtocolViolation("conf token 0")
+        return token
+
+    def _answer_questions(
+        self, call_type: int, vars: Mapping[str, str], bodies: Mapping[int, bytes | None], asked: list[tuple[str, str]]
+    ) -> tuple[int, bytes]:
+        while True:
+            type_, payload = self.read_frame()
+            if type_ != MessageType.EXTRA_INFO:
+                if type_ not in (call_type, MessageType.ERROR):
+                    raise ProtocolViolation(f"type-{call_type} call answered with a type-{type_} frame")
+                return type_, payload
+            req = ExtraInfoReq.GetRootAs(payload, 0)
+            info = req.Info()
+            if req.InfoType() == 1:
+                var = ExtraInfoVar()
+                var.Init(info.Bytes, info.Pos)
+                name = (var.Name() or b"").decode("utf-8", "surrogateescape")
+                asked.append(("var", name))
+                value = vars.get(name)
+                result = None if value is None else _b(value)
+            elif req.InfoType() in (2, 3):
+                asked.append(("req_body" if req.InfoType() == 2 else "resp_body", ""))
+                result = bodies.get(req.InfoType())
+                if req.InfoType() == 3:
+                    bodies = {**bodies, 3: None}  # APISIX's upstream body reader is used up
+            else:
+                raise ProtocolViolation(f"unknown ExtraInfo type {req.InfoType()}")
+            self.send_frame(MessageType.EXTRA_INFO, extra_info_resp(result))
+
+    def http_req_call(
+        self,
+        token: int,
+        *,
+        id: int | None = None,
+        method: str = "GET",
+        path: str = "/",
+        args: Pairs = (),
+        headers: Pairs = (),
+        src_ip: bytes = b"\x7f\x00\x00\x01",
+        vars: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> ReqCallReply:
+        """One HTTPReqCall, answering ExtraInfo questions from ``vars`` and ``body``."""
+        if id is None:
+            id, self._next_id = self._next_id, self._next_id + 1
+        payload = req_call_req(id=id, token=token, method=method, path=path, args=args, headers=headers, src_ip=src_ip)
+        self.send_frame(MessageType.HTTP_REQ_CALL, payload)
+        asked: list[tuple[str, str]] = []
+        type_, reply_payload = self._answer_questions(MessageType.HTTP_REQ_CALL, vars or {}, {2: body}, asked)
+        reply = (
+            ReqCallReply(err=_err_code(reply_payload))
+            if type_ == MessageType.ERROR
+            else decode_req_call_reply(reply_payload)
+        )
+        reply.asked = asked
+        return reply
+
+    def http_resp_call(
+        self,
+        token: int,
+        *,
+        id: int | None = None,
+        status: int = 200,
+        headers: Pairs = (),
+        vars: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        request_body: bytes | None = None,
+    ) -> RespCallReply:
+        """One HTTPRespCall for an upstream response (``body`` answers RespBody questions)."""
+        if id is None:
+            id, self._next_id = self._next_id, self._next_id + 1
+        self.send_frame(MessageType.HTTP_RESP_CALL, resp_call_req(id=id, token=token, status=status, headers=headers))
+        asked: list[tuple[str, str]] = []
+        bodies = {2: request_body, 3: body}
+        type_, payload = self._answer_questions(MessageType.HTTP_RESP_CALL, vars or {}, bodies, asked)
+        reply = RespCallReply(err=_err_code(payload)) if type_ == MessageType.ERROR else decode_resp_call_reply(payload)
+        reply.asked = asked
+        return reply
