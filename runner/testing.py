@@ -11,8 +11,14 @@ in the runner cannot hide itself.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -28,7 +34,7 @@ from flatbuffers.table import Table
 
 from .frame import HEADER_LEN, MAX_PAYLOAD, MessageType
 
-__all__ = ["ApisixClient", "ProtocolViolation", "ReqCallReply", "RespCallReply", "encode_frame"]
+__all__ = ["ApisixClient", "ProtocolViolation", "ReqCallReply", "RespCallReply", "RunnerProcess", "encode_frame"]
 
 METHODS = (
     "GET", "HEAD", "POST", "PUT", "DELETE", "MKCOL", "COPY", "MOVE", "OPTIONS",
@@ -363,3 +369,86 @@ class ApisixClient:
         reply = RespCallReply(err=_err_code(payload)) if type_ == MessageType.ERROR else decode_resp_call_reply(payload)
         reply.asked = asked
         return reply
+
+
+# --- a real runner process ----------------------------------------------------
+
+
+class RunnerProcess:
+    """Starts ``python -m runner run`` on a fresh socket and stops it; its stderr goes to ``log``.
+
+    ``with RunnerProcess("plugins") as runner: runner.client().prepare_conf(...)``
+    """
+
+    def __init__(
+        self,
+        plugins: str | os.PathLike[str],
+        *,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        socket_path: str | None = None,
+        log_level: str = "debug",
+    ) -> None:
+        # sun_path holds 107 bytes: keep the socket under a short directory.
+        self._dir = tempfile.TemporaryDirectory(prefix="a6r-", dir="/tmp")
+        self.socket_path = socket_path or os.path.join(self._dir.name, "runner.sock")
+        self.log_path = os.path.join(self._dir.name, "runner.log")
+        self.argv = [
+            sys.executable, "-m", "runner", "run", "--socket", self.socket_path,
+            "--plugins", os.fspath(plugins), "--log-level", log_level, *args,
+        ]  # fmt: skip
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> RunnerProcess:
+        """Spawn the runner and wait until its socket accepts connections."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"runner exited with {self.proc.returncode}:\n{self.log}")
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    probe.connect(self.socket_path)
+                return self
+            except OSError:
+                time.sleep(0.02)
+        self.stop(signal.SIGKILL)
+        raise RuntimeError(f"runner did not listen on {self.socket_path} within {timeout} s:\n{self.log}")
+
+    def client(self, timeout: float = 30.0) -> ApisixClient:
+        return ApisixClient(self.socket_path, timeout)
+
+    @property
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def send_signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Send ``signum`` and return the exit status (SIGKILL after ``timeout``)."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self) -> RunnerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._dir.cleanup()

@@ -1,0 +1,81 @@
+"""A test plugin whose route conf says what to do, so each test reads as data.
+
+Request phase keys: path, set_headers {n: v}, add_headers [[n, v]], del_headers [n],
+set_args, add_args, del_args (same shapes), body (new request body), read (touch
+everything, change nothing), vars_to_headers {var: header}, body_digest (header
+name: set it to "<len>:<sha256>" of the request body), resp_headers [[n, v]],
+stop {status, headers [[n, v]], body, repeat (body repeated n times)}, raise (message).
+Response phase keys, under "resp": set_headers, add_headers, del_headers,
+status, body_upper (read the upstream body and replace it upper-cased),
+vars_to_headers, raise.
+"""
+
+import hashlib
+
+from runner import Plugin
+
+
+class Act(Plugin):
+    name = "act"
+
+    def configure(self, config):
+        if not isinstance(config, dict):
+            raise ValueError("act needs a JSON object")
+
+    def filter(self, request, response):
+        c = self.config
+        if "raise" in c:
+            raise RuntimeError(c["raise"])
+        if c.get("read"):
+            _ = (request.path, request.method, request.src_ip, request.id)
+            _ = (list(request.headers), list(request.args), request.headers.get("host"), request.args.getlist("a"))
+        if "path" in c:
+            request.path = c["path"]
+        for name, value in c.get("set_headers", {}).items():
+            request.headers[name] = value
+        for name, value in c.get("add_headers", []):
+            request.headers.add(name, value)
+        for name in c.get("del_headers", []):
+            del request.headers[name]
+        for name, value in c.get("set_args", {}).items():
+            request.args[name] = value
+        for name, value in c.get("add_args", []):
+            request.args.add(name, value)
+        for name in c.get("del_args", []):
+            del request.args[name]
+        for var, header in c.get("vars_to_headers", {}).items():
+            value = request.var(var)
+            request.headers[header] = "<absent>" if value is None else f"<{value}>"
+        if "body_digest" in c:
+            body = request.body
+            request.headers[c["body_digest"]] = f"{len(body)}:{hashlib.sha256(body).hexdigest()}"
+        if "body" in c:
+            request.body = c["body"]
+        for name, value in c.get("resp_headers", []):
+            response.headers.add(name, value)
+        if "stop" in c:
+            stop = c["stop"]
+            response.status_code = stop.get("status", 200)
+            for name, value in stop.get("headers", []):
+                response.headers.add(name, value)
+            if "body" in stop:
+                response.body = stop["body"] * stop.get("repeat", 1)
+            self.stop()
+
+    def response_filter(self, response):
+        c = self.config.get("resp", {})
+        if "raise" in c:
+            raise RuntimeError(c["raise"])
+        for name, value in c.get("set_headers", {}).items():
+            response.headers[name] = value
+        for name, value in c.get("add_headers", []):
+            response.headers.add(name, value)
+        for name in c.get("del_headers", []):
+            del response.headers[name]
+        for var, header in c.get("vars_to_headers", {}).items():
+            value = response.var(var)
+            response.headers[header] = "<absent>" if value is None else f"<{value}>"
+        if "status" in c:
+            response.status_code = c["status"]
+        if c.get("body_upper"):
+            response.body = response.body.upper()
