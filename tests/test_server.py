@@ -243,7 +243,9 @@ def test_frames_delivered_one_byte_at_a_time(client: ApisixClient) -> None:
 def test_two_frames_in_one_write_get_two_replies_in_order(client: ApisixClient) -> None:
     token = client.prepare_conf(act(set_headers={"X-Two": "1"}))
     call = req_call_req(id=1, token=token, method="GET", path="/", args=[], headers=[], src_ip=b"\x7f\0\0\1")
-    client.sock.sendall(encode_frame(2, call) + encode_frame(2, call.replace(b"\x01\x00\x00\x00", b"\x02\x00\x00\x00", 1)))
+    client.sock.sendall(
+        encode_frame(2, call) + encode_frame(2, call.replace(b"\x01\x00\x00\x00", b"\x02\x00\x00\x00", 1))
+    )
     first, second = client.read_frame(), client.read_frame()
     assert first[0] == second[0] == MessageType.HTTP_REQ_CALL
     assert decode_req_call_reply(first[1]).headers == [("X-Two", "1")]
