@@ -133,55 +133,59 @@ class Dispatcher:
 
     def _req_call(self, payload: bytes, exchange: Exchange) -> bytes:
         call = messages.parse_req_call(payload)
-        prepared = self._lookup(call.conf_token)
-        if not prepared.request_chain:
-            return messages.encode_no_action(call.id)
-        extra = ExtraCache(_asker(exchange))
-        request = Request(
-            id=call.id,
-            method=call.method,
-            path=call.path,
-            headers=Headers._trusted(call.headers),
-            args=Args._trusted(call.args),
-            src_ip=call.src_ip,
-            ask=extra,
-        )
-        response = Response(ask=extra)
-        original_headers = list(call.headers)
-        original_args = list(call.args)
-        for name, plugin in prepared.request_chain:
-            try:
-                stopped = call_filter(plugin, request, response)
-            except CallAbandoned:
-                raise
-            except Exception as e:
-                raise PluginError(name, f"plugin {name!r} raised {type(e).__name__}: {e} (request id {call.id})") from e
-            if stopped:
-                return messages.encode_stop(call.id, response.status_code, response.headers.items(), response.new_body)
-        return _rewrite(call, request, response, original_headers, original_args)
-
-    # --- HTTPRespCall ------------------------------------------------------
+        return run_request_phase(self._lookup(call.conf_token), call, exchange)
 
     def _resp_call(self, payload: bytes, exchange: Exchange) -> bytes:
         call = messages.parse_resp_call(payload)
-        prepared = self._lookup(call.conf_token)
-        response = Response(
-            status_code=call.status, headers=Headers._trusted(call.headers), ask=_asker(exchange), upstream=True
-        )
-        for name, plugin in prepared.response_chain:
-            try:
-                plugin.response_filter(response)
-            except CallAbandoned:
-                raise
-            except Exception as e:
-                raise PluginError(
-                    name, f"plugin {name!r} raised {type(e).__name__} in response_filter: {e} (request id {call.id})"
-                ) from e
-        # Always the full header list: an empty one makes APISIX drop
-        # Content-Type and friends from the client's response.
-        headers = [(n, v) for n, v in response.headers.items() if n.lower() not in _HOP_BY_HOP]
-        status = response.status_code if response.status_code != call.status else 0
-        return messages.encode_resp_call_resp(call.id, status, headers, response.new_body)
+        return run_response_phase(self._lookup(call.conf_token), call, exchange)
+
+
+def run_request_phase(prepared: Prepared, call: messages.ReqCall, exchange: Exchange) -> bytes:
+    """Run the request-phase chain; the HTTPReqCall.Resp payload. Plugin failures raise ``PluginError``."""
+    if not prepared.request_chain:
+        return messages.encode_no_action(call.id)
+    extra = ExtraCache(_asker(exchange))
+    request = Request(
+        id=call.id,
+        method=call.method,
+        path=call.path,
+        headers=Headers._trusted(list(call.headers)),
+        args=Args._trusted(list(call.args)),
+        src_ip=call.src_ip,
+        ask=extra,
+    )
+    response = Response(ask=extra)
+    for name, plugin in prepared.request_chain:
+        try:
+            stopped = call_filter(plugin, request, response)
+        except CallAbandoned:
+            raise
+        except Exception as e:
+            raise PluginError(name, f"plugin {name!r} raised {type(e).__name__}: {e} (request id {call.id})") from e
+        if stopped:
+            return messages.encode_stop(call.id, response.status_code, response.headers.items(), response.new_body)
+    return _rewrite(call, request, response)
+
+
+def run_response_phase(prepared: Prepared, call: messages.RespCall, exchange: Exchange) -> bytes:
+    """Run the response-phase chain; the HTTPRespCall.Resp payload. Plugin failures raise ``PluginError``."""
+    response = Response(
+        status_code=call.status, headers=Headers._trusted(list(call.headers)), ask=_asker(exchange), upstream=True
+    )
+    for name, plugin in prepared.response_chain:
+        try:
+            plugin.response_filter(response)
+        except CallAbandoned:
+            raise
+        except Exception as e:
+            raise PluginError(
+                name, f"plugin {name!r} raised {type(e).__name__} in response_filter: {e} (request id {call.id})"
+            ) from e
+    # Always the full header list: an empty one makes APISIX drop
+    # Content-Type and friends from the client's response.
+    headers = [(n, v) for n, v in response.headers.items() if n.lower() not in _HOP_BY_HOP]
+    status = response.status_code if response.status_code != call.status else 0
+    return messages.encode_resp_call_resp(call.id, status, headers, response.new_body)
 
 
 def _asker(exchange: Exchange) -> Callable[[InfoKind, str], bytes | None]:
@@ -191,22 +195,16 @@ def _asker(exchange: Exchange) -> Callable[[InfoKind, str], bytes | None]:
     return ask
 
 
-def _rewrite(
-    call: messages.ReqCall,
-    request: Request,
-    response: Response,
-    original_headers: list[tuple[str, str]],
-    original_args: list[tuple[str, str]],
-) -> bytes:
+def _rewrite(call: messages.ReqCall, request: Request, response: Response) -> bytes:
     """Only what the plugins changed, so untouched (and repeated) headers stay as they were."""
     headers: list[tuple[str, str | None]] = []
-    for name, values in request.headers.changes(original_headers):
+    for name, values in request.headers.changes(call.headers):
         # APISIX *sets* each request header entry (last one wins), so several
         # values travel as one list value.
         sep = "; " if name.lower() == "cookie" else ", "
         headers.append((name, None if values is None else sep.join(values)))
     args: list[tuple[str, str | None]] = []
-    for name, values in request.args.changes(original_args):
+    for name, values in request.args.changes(call.args):
         # APISIX: first entry of a name replaces its values, later ones append.
         args.extend([(name, None)] if values is None else [(name, v) for v in values])
     path = request.path if request.path != call.path else None

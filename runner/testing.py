@@ -11,6 +11,8 @@ in the runner cannot hide itself.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import signal
 import socket
@@ -21,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import flatbuffers
 from A6.Err.Resp import Resp as ErrResp
@@ -32,9 +35,24 @@ from A6.PrepareConf.Resp import Resp as PrepareConfResp
 from A6.TextEntry import TextEntry
 from flatbuffers.table import Table
 
+from . import frame, messages
+from .cache import ConfCache
+from .dispatch import Dispatcher, Prepared, run_request_phase, run_response_phase
+from .errors import RunnerError
 from .frame import HEADER_LEN, MAX_PAYLOAD, MessageType
+from .plugins import Plugin, PluginRegistry, plugin_name
 
-__all__ = ["ApisixClient", "ProtocolViolation", "ReqCallReply", "RespCallReply", "RunnerProcess", "encode_frame"]
+__all__ = [
+    "ApisixClient",
+    "ConfRejected",
+    "ProtocolViolation",
+    "ReqCallReply",
+    "RespCallReply",
+    "RunnerProcess",
+    "encode_frame",
+    "run_filter",
+    "run_response_filter",
+]
 
 METHODS = (
     "GET", "HEAD", "POST", "PUT", "DELETE", "MKCOL", "COPY", "MOVE", "OPTIONS",
@@ -183,6 +201,16 @@ class ReqCallReply:
     resp_headers: list[tuple[str, str | None]] = field(default_factory=list)  # Rewrite
     asked: list[tuple[str, str]] = field(default_factory=list)  # ExtraInfo questions, in order
 
+    @property
+    def stopped(self) -> bool:
+        """APISIX answers the client itself with ``status``, ``headers`` and ``body``."""
+        return self.action == "stop"
+
+    @property
+    def rewritten(self) -> bool:
+        """The request goes upstream with ``path``/``headers``/``args``/``body`` changes and ``resp_headers``."""
+        return self.action == "rewrite"
+
 
 @dataclass
 class RespCallReply:
@@ -234,6 +262,33 @@ def decode_resp_call_reply(payload: bytes) -> RespCallReply:
         headers=_text_pairs(t, 8),
         body=_byte_vector(t, 10),
     )
+
+
+def answer_extra_info(
+    question: bytes, vars: Mapping[str, str], bodies: dict[int, bytes | None], asked: list[tuple[str, str]]
+) -> bytes:
+    """APISIX's answer (an ExtraInfo.Resp payload) to an ExtraInfo.Req, recording it in ``asked``.
+
+    ``bodies`` maps 2 (request body) and 3 (upstream body) to bytes or ``None``.
+    Like APISIX, an unknown variable or a missing body gets no result, and the
+    upstream body can be read only once per call.
+    """
+    req = ExtraInfoReq.GetRootAs(question, 0)
+    info = req.Info()
+    if req.InfoType() == 1:
+        var = ExtraInfoVar()
+        var.Init(info.Bytes, info.Pos)
+        name = (var.Name() or b"").decode("utf-8", "surrogateescape")
+        asked.append(("var", name))
+        value = vars.get(name)
+        return extra_info_resp(None if value is None else _b(value))
+    if req.InfoType() == 2:
+        asked.append(("req_body", ""))
+        return extra_info_resp(bodies.get(2))
+    if req.InfoType() == 3:
+        asked.append(("resp_body", ""))
+        return extra_info_resp(bodies.pop(3, None))
+    raise ProtocolViolation(f"unknown ExtraInfo type {req.InfoType()}")
 
 
 # --- the client ---------------------------------------------------------------
@@ -294,7 +349,7 @@ class ApisixClient:
         return token
 
     def _answer_questions(
-        self, call_type: int, vars: Mapping[str, str], bodies: Mapping[int, bytes | None], asked: list[tuple[str, str]]
+        self, call_type: int, vars: Mapping[str, str], bodies: dict[int, bytes | None], asked: list[tuple[str, str]]
     ) -> tuple[int, bytes]:
         while True:
             type_, payload = self.read_frame()
@@ -302,23 +357,7 @@ class ApisixClient:
                 if type_ not in (call_type, MessageType.ERROR):
                     raise ProtocolViolation(f"type-{call_type} call answered with a type-{type_} frame")
                 return type_, payload
-            req = ExtraInfoReq.GetRootAs(payload, 0)
-            info = req.Info()
-            if req.InfoType() == 1:
-                var = ExtraInfoVar()
-                var.Init(info.Bytes, info.Pos)
-                name = (var.Name() or b"").decode("utf-8", "surrogateescape")
-                asked.append(("var", name))
-                value = vars.get(name)
-                result = None if value is None else _b(value)
-            elif req.InfoType() in (2, 3):
-                asked.append(("req_body" if req.InfoType() == 2 else "resp_body", ""))
-                result = bodies.get(req.InfoType())
-                if req.InfoType() == 3:
-                    bodies = {**bodies, 3: None}  # APISIX's upstream body reader is used up
-            else:
-                raise ProtocolViolation(f"unknown ExtraInfo type {req.InfoType()}")
-            self.send_frame(MessageType.EXTRA_INFO, extra_info_resp(result))
+            self.send_frame(MessageType.EXTRA_INFO, answer_extra_info(payload, vars, bodies, asked))
 
     def http_req_call(
         self,
@@ -364,11 +403,122 @@ class ApisixClient:
             id, self._next_id = self._next_id, self._next_id + 1
         self.send_frame(MessageType.HTTP_RESP_CALL, resp_call_req(id=id, token=token, status=status, headers=headers))
         asked: list[tuple[str, str]] = []
-        bodies = {2: request_body, 3: body}
+        bodies: dict[int, bytes | None] = {2: request_body, 3: body}
         type_, payload = self._answer_questions(MessageType.HTTP_RESP_CALL, vars or {}, bodies, asked)
         reply = RespCallReply(err=_err_code(payload)) if type_ == MessageType.ERROR else decode_resp_call_reply(payload)
         reply.asked = asked
         return reply
+
+
+# --- running plugins in-process (the plugin author's kit) -------------------
+
+
+class ConfRejected(RunnerError):
+    """The route conf could not be prepared (unknown plugin, ``configure`` raised...):
+    under APISIX every call on it would get a 503."""
+
+
+PluginSpec = type[Plugin] | tuple[type[Plugin], Any]
+Plugins = PluginSpec | Sequence[PluginSpec]
+HeaderInput = Mapping[str, str] | Sequence[tuple[str, str | None]]
+
+
+def _prepare(plugins: Plugins, conf: Any) -> Prepared:
+    specs: Sequence[PluginSpec] = [(plugins, conf)] if isinstance(plugins, type) else list(plugins)
+    registry = PluginRegistry()
+    entries = []
+    for spec in specs:
+        cls, value = spec if isinstance(spec, tuple) else (spec, None)
+        if registry.get(plugin_name(cls)) is None:
+            registry.register(cls)
+        entries.append((plugin_name(cls), "" if value is None else json.dumps(value)))
+    prepared = Dispatcher(registry, ConfCache[Prepared](3600)).prepare(entries)
+    if prepared.error:
+        raise ConfRejected(prepared.error)
+    return prepared
+
+
+def _pairs(items: HeaderInput, lower: bool = False) -> list[tuple[str, str | None]]:
+    pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
+    return [(n.lower() if lower else n, v) for n, v in pairs]
+
+
+def run_filter(
+    plugins: Plugins,
+    *,
+    conf: Any = None,
+    method: str = "GET",
+    path: str = "/",
+    headers: HeaderInput = (),
+    args: HeaderInput = (),
+    body: bytes | None = None,
+    vars: Mapping[str, str] | None = None,
+    src_ip: str = "127.0.0.1",
+    id: int = 1,
+) -> ReqCallReply:
+    """Run the request phase as APISIX's ``ext-plugin-pre-req`` would, without APISIX.
+
+    ``plugins`` is one plugin class (its route conf is ``conf``, any JSON-able
+    value) or a chain ``[(PluginClass, conf), ...]``. The request goes through
+    the runner's real decoder, plugins and encoder; ExtraInfo questions are
+    answered from ``vars`` and ``body`` (a var not given is absent). Returns the
+    reply as APISIX reads it. A plugin that raises raises ``PluginError`` here
+    (its cause is the plugin's exception; APISIX would answer 503), and a conf
+    the plugins reject raises ``ConfRejected``.
+    """
+    prepared = _prepare(plugins, conf)
+    payload = req_call_req(
+        id=id,
+        token=1,
+        method=method.upper(),
+        path=path,
+        args=_pairs(args),
+        headers=_pairs(headers, lower=True),  # nginx lower-cases request header names
+        src_ip=ipaddress.ip_address(src_ip).packed,
+    )
+    asked: list[tuple[str, str]] = []
+    bodies: dict[int, bytes | None] = {2: body}
+
+    def exchange(question: bytes) -> bytes:
+        return answer_extra_info(question, vars or {}, bodies, asked)
+
+    out = run_request_phase(prepared, messages.parse_req_call(payload), exchange)
+    frame.encode(MessageType.HTTP_REQ_CALL, out)  # raises if APISIX could not receive it
+    reply = decode_req_call_reply(out)
+    reply.asked = asked
+    return reply
+
+
+def run_response_filter(
+    plugins: Plugins,
+    *,
+    conf: Any = None,
+    status: int = 200,
+    headers: HeaderInput = (),
+    body: bytes | None = None,
+    vars: Mapping[str, str] | None = None,
+    request_body: bytes | None = None,
+    id: int = 1,
+) -> RespCallReply:
+    """Run the response phase as ``ext-plugin-post-resp`` would, on an upstream response.
+
+    ``status``, ``headers`` and ``body`` are the upstream's. The reply's
+    ``headers`` are what the client will see, ``status`` is 0 when unchanged and
+    ``body`` is ``None`` when the upstream body passes through.
+    """
+    prepared = _prepare(plugins, conf)
+    payload = resp_call_req(id=id, token=1, status=status, headers=_pairs(headers))
+    asked: list[tuple[str, str]] = []
+    bodies: dict[int, bytes | None] = {2: request_body, 3: body}
+
+    def exchange(question: bytes) -> bytes:
+        return answer_extra_info(question, vars or {}, bodies, asked)
+
+    out = run_response_phase(prepared, messages.parse_resp_call(payload), exchange)
+    frame.encode(MessageType.HTTP_RESP_CALL, out)
+    reply = decode_resp_call_reply(out)
+    reply.asked = asked
+    return reply
 
 
 # --- a real runner process ----------------------------------------------------

@@ -1,14 +1,11 @@
-"""Shared fixtures: a real runner process serving tests/plugins, and clients to it."""
+"""Shared fixtures: the kit's real-runner fixtures (``apisix_runner``, ``apisix``) serving tests/plugins."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from runner.testing import ApisixClient, RunnerProcess
 
 TEST_PLUGINS = Path(__file__).parent / "plugins"
 EXAMPLE_PLUGINS = Path(__file__).parent.parent / "plugins"
@@ -20,12 +17,5 @@ def act(**conf: object) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def runner() -> Iterator[RunnerProcess]:
-    with RunnerProcess(TEST_PLUGINS) as proc:
-        yield proc
-
-
-@pytest.fixture
-def client(runner: RunnerProcess) -> Iterator[ApisixClient]:
-    with runner.client() as c:
-        yield c
+def apisix_runner_plugins() -> str:
+    return str(TEST_PLUGINS)

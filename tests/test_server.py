@@ -24,18 +24,18 @@ from runner.testing import (
 )
 
 
-def test_stop_replies_status_headers_and_body(client: ApisixClient) -> None:
-    token = client.prepare_conf(
+def test_stop_replies_status_headers_and_body(apisix: ApisixClient) -> None:
+    token = apisix.prepare_conf(
         act(stop={"status": 403, "headers": [["X-Resp", "foo"], ["X-Same", "one"], ["X-Same", "two"]], "body": "no"})
     )
-    reply = client.http_req_call(token, id=77)
+    reply = apisix.http_req_call(token, id=77)
     assert (reply.err, reply.id, reply.action, reply.status) == (None, 77, "stop", 403)
     assert reply.headers == [("X-Resp", "foo"), ("X-Same", "one"), ("X-Same", "two")]
     assert reply.body == b"no"
 
 
-def test_rewrite_sends_only_what_changed(client: ApisixClient) -> None:
-    token = client.prepare_conf(
+def test_rewrite_sends_only_what_changed(apisix: ApisixClient) -> None:
+    token = apisix.prepare_conf(
         act(
             path="/new path",
             set_headers={"X-Change": "bar", "X-Add": "new"},
@@ -47,7 +47,7 @@ def test_rewrite_sends_only_what_changed(client: ApisixClient) -> None:
             resp_headers=[["X-Resp", "1"], ["X-Resp", "2"]],
         )
     )
-    reply = client.http_req_call(
+    reply = apisix.http_req_call(
         token,
         path="/old",
         headers=[("x-change", "foo"), ("x-delete", "1"), ("x-keep", "a"), ("x-keep", "b")],
@@ -63,17 +63,17 @@ def test_rewrite_sends_only_what_changed(client: ApisixClient) -> None:
     assert reply.body == b"new body"
 
 
-def test_rewrite_of_a_repeated_arg_sends_every_value_in_order(client: ApisixClient) -> None:
-    token = client.prepare_conf(act(add_args=[["xx", "3"]]))
-    reply = client.http_req_call(token, args=[("xx", "1"), ("xx", "2"), ("y", "")])
+def test_rewrite_of_a_repeated_arg_sends_every_value_in_order(apisix: ApisixClient) -> None:
+    token = apisix.prepare_conf(act(add_args=[["xx", "3"]]))
+    reply = apisix.http_req_call(token, args=[("xx", "1"), ("xx", "2"), ("y", "")])
     assert reply.action == "rewrite"
     assert reply.args == [("xx", "1"), ("xx", "2"), ("xx", "3")]
     assert reply.path is None and reply.headers == []
 
 
-def test_read_only_plugin_replies_no_action(client: ApisixClient) -> None:
-    token = client.prepare_conf(act(read=True))
-    reply = client.http_req_call(
+def test_read_only_plugin_replies_no_action(apisix: ApisixClient) -> None:
+    token = apisix.prepare_conf(act(read=True))
+    reply = apisix.http_req_call(
         token,
         id=5,
         headers=[("x-req", "foo"), ("x-req", "bar"), ("host", "localhost")],
@@ -82,55 +82,55 @@ def test_read_only_plugin_replies_no_action(client: ApisixClient) -> None:
     assert (reply.err, reply.id, reply.action) == (None, 5, "none")
 
 
-def test_route_without_conf_replies_no_action(client: ApisixClient) -> None:
-    token = client.prepare_conf(None)
-    assert client.http_req_call(token).action == "none"
-    assert client.http_resp_call(token, headers=[("Content-Type", "text/html")]).err is None
+def test_route_without_conf_replies_no_action(apisix: ApisixClient) -> None:
+    token = apisix.prepare_conf(None)
+    assert apisix.http_req_call(token).action == "none"
+    assert apisix.http_resp_call(token, headers=[("Content-Type", "text/html")]).err is None
 
 
-def test_chained_plugins_run_in_order_and_rewrites_accumulate(client: ApisixClient) -> None:
-    token = client.prepare_conf([("marker", '"a"'), ("act", json.dumps({"set_args": {"x": "1"}})), ("marker", '"b"')])
-    reply = client.http_req_call(token)
+def test_chained_plugins_run_in_order_and_rewrites_accumulate(apisix: ApisixClient) -> None:
+    token = apisix.prepare_conf([("marker", '"a"'), ("act", json.dumps({"set_args": {"x": "1"}})), ("marker", '"b"')])
+    reply = apisix.http_req_call(token)
     assert reply.action == "rewrite"
     assert reply.headers == [("X-Chain", "ab")]
     assert reply.args == [("x", "1")]
 
 
-def test_first_stop_ends_the_chain(client: ApisixClient) -> None:
-    token = client.prepare_conf(
+def test_first_stop_ends_the_chain(apisix: ApisixClient) -> None:
+    token = apisix.prepare_conf(
         [("marker", '"a"'), ("act", json.dumps({"stop": {"status": 401}})), ("act", json.dumps({"raise": "never"}))]
     )
-    reply = client.http_req_call(token)
+    reply = apisix.http_req_call(token)
     assert (reply.err, reply.action, reply.status) == (None, "stop", 401)
 
 
-def test_seed_style_plugin_works_unchanged(client: ApisixClient) -> None:
-    token = client.prepare_conf([("say", "{}")])
-    reply = client.http_req_call(token, headers=[("host", "example.com")])
+def test_seed_style_plugin_works_unchanged(apisix: ApisixClient) -> None:
+    token = apisix.prepare_conf([("say", "{}")])
+    reply = apisix.http_req_call(token, headers=[("host", "example.com")])
     assert (reply.action, reply.status, reply.body) == ("stop", 201, b"Hello, Python Runner of APISIX")
     assert ("X-Resp-A6-Runner", "Python") in reply.headers
-    token = client.prepare_conf([("Tag", '{"tag": "seed"}')], key="route#2#ext-plugin-pre-req#1")
-    reply = client.http_req_call(token)
+    token = apisix.prepare_conf([("Tag", '{"tag": "seed"}')], key="route#2#ext-plugin-pre-req#1")
+    reply = apisix.http_req_call(token)
     assert (reply.action, reply.headers) == ("rewrite", [("X-Tag", "seed")])
 
 
-def test_unknown_token_replies_conf_token_not_found(client: ApisixClient) -> None:
-    reply = client.http_req_call(0xDEADBEEF)
+def test_unknown_token_replies_conf_token_not_found(apisix: ApisixClient) -> None:
+    reply = apisix.http_req_call(0xDEADBEEF)
     assert reply.err == ErrCode.CONF_TOKEN_NOT_FOUND
-    assert client.http_resp_call(0xDEADBEEF).err == ErrCode.CONF_TOKEN_NOT_FOUND
+    assert apisix.http_resp_call(0xDEADBEEF).err == ErrCode.CONF_TOKEN_NOT_FOUND
     # APISIX closes after an Err, but the runner keeps the connection in sync anyway.
-    assert client.http_req_call(client.prepare_conf(None)).action == "none"
+    assert apisix.http_req_call(apisix.prepare_conf(None)).action == "none"
 
 
 def test_plugin_exception_replies_service_unavailable_and_is_logged(
-    runner: RunnerProcess, client: ApisixClient
+    apisix_runner: RunnerProcess, apisix: ApisixClient
 ) -> None:
-    token = client.prepare_conf(act(**{"raise": "kaboom-4711"}))
-    assert client.http_req_call(token, id=4711).err == ErrCode.SERVICE_UNAVAILABLE
-    assert client.http_req_call(client.prepare_conf(None)).action == "none"  # same connection lives on
-    lines = [line for line in runner.log.splitlines() if "kaboom-4711" in line]
+    token = apisix.prepare_conf(act(**{"raise": "kaboom-4711"}))
+    assert apisix.http_req_call(token, id=4711).err == ErrCode.SERVICE_UNAVAILABLE
+    assert apisix.http_req_call(apisix.prepare_conf(None)).action == "none"  # same connection lives on
+    lines = [line for line in apisix_runner.log.splitlines() if "kaboom-4711" in line]
     assert lines and "plugin 'act' raised RuntimeError" in lines[0] and "request id 4711" in lines[0]
-    assert "Traceback" in runner.log
+    assert "Traceback" in apisix_runner.log
 
 
 @pytest.mark.parametrize(
@@ -143,51 +143,51 @@ def test_plugin_exception_replies_service_unavailable_and_is_logged(
     ],
 )
 def test_bad_conf_gets_a_token_whose_calls_fail_closed(
-    runner: RunnerProcess, client: ApisixClient, conf: list[tuple[str, str]], reason: str
+    apisix_runner: RunnerProcess, apisix: ApisixClient, conf: list[tuple[str, str]], reason: str
 ) -> None:
     key = f"route#bad#{reason}"
-    token = client.prepare_conf(conf, key=key)
+    token = apisix.prepare_conf(conf, key=key)
     for _ in range(3):
-        assert client.http_req_call(token).err == ErrCode.SERVICE_UNAVAILABLE
-    assert client.http_resp_call(token).err == ErrCode.SERVICE_UNAVAILABLE
-    logged = [line for line in runner.log.splitlines() if f"conf token {token} " in line and "ERROR" in line]
+        assert apisix.http_req_call(token).err == ErrCode.SERVICE_UNAVAILABLE
+    assert apisix.http_resp_call(token).err == ErrCode.SERVICE_UNAVAILABLE
+    logged = [line for line in apisix_runner.log.splitlines() if f"conf token {token} " in line and "ERROR" in line]
     assert len(logged) == 1 and reason in logged[0]
 
 
-def test_configure_may_accept_and_convert_the_conf(client: ApisixClient) -> None:
-    token = client.prepare_conf([("strict", '{"ok": true}')])
-    assert client.http_req_call(token).headers == [("X-Strict", "ran")]
+def test_configure_may_accept_and_convert_the_conf(apisix: ApisixClient) -> None:
+    token = apisix.prepare_conf([("strict", '{"ok": true}')])
+    assert apisix.http_req_call(token).headers == [("X-Strict", "ran")]
 
 
-def test_same_key_returns_the_same_live_token_and_a_new_one_for_a_new_conf(client: ApisixClient) -> None:
+def test_same_key_returns_the_same_live_token_and_a_new_one_for_a_new_conf(apisix: ApisixClient) -> None:
     key = "route#9#ext-plugin-pre-req#3"
-    first = client.prepare_conf(act(read=True), key=key)
-    assert client.prepare_conf(act(read=True), key=key) == first
-    assert client.prepare_conf(act(path="/x"), key=key) != first
-    assert client.prepare_conf(act(read=True), key="route#9#ext-plugin-pre-req#4") != first
+    first = apisix.prepare_conf(act(read=True), key=key)
+    assert apisix.prepare_conf(act(read=True), key=key) == first
+    assert apisix.prepare_conf(act(path="/x"), key=key) != first
+    assert apisix.prepare_conf(act(read=True), key="route#9#ext-plugin-pre-req#4") != first
 
 
-def test_tokens_are_distinct_and_never_zero(client: ApisixClient) -> None:
-    tokens = {client.prepare_conf(None, key=f"route#{i}#ext-plugin-pre-req#1") for i in range(50)}
+def test_tokens_are_distinct_and_never_zero(apisix: ApisixClient) -> None:
+    tokens = {apisix.prepare_conf(None, key=f"route#{i}#ext-plugin-pre-req#1") for i in range(50)}
     assert len(tokens) == 50 and 0 not in tokens
 
 
-def test_nested_connection_prepares_while_the_call_connection_waits(runner: RunnerProcess) -> None:
+def test_nested_connection_prepares_while_the_call_connection_waits(apisix_runner: RunnerProcess) -> None:
     # APISIX's order on an empty pool: connect A, connect B, PrepareConf on B, then the call on A.
-    with runner.client() as a, runner.client() as b:
+    with apisix_runner.client() as a, apisix_runner.client() as b:
         token = b.prepare_conf(act(set_headers={"X-A": "1"}))
         assert a.http_req_call(token).headers == [("X-A", "1")]
 
 
-def test_hundred_concurrent_connections_each_get_their_own_answers(runner: RunnerProcess) -> None:
-    with runner.client() as c:
+def test_hundred_concurrent_connections_each_get_their_own_answers(apisix_runner: RunnerProcess) -> None:
+    with apisix_runner.client() as c:
         tokens = [c.prepare_conf(act(set_headers={"X-N": str(i)}), key=f"route#{i}#c#1") for i in range(100)]
     barrier = threading.Barrier(100)
     failures: list[str] = []
 
     def worker(i: int) -> None:
         try:
-            with runner.client() as conn:
+            with apisix_runner.client() as conn:
                 barrier.wait(timeout=30)
                 for j in range(20):
                     reply = conn.http_req_call(tokens[i], id=i * 1000 + j)
@@ -211,42 +211,42 @@ def _payload_of_exactly(size: int) -> bytes:
     return payload + b"\0" * (size - len(payload))
 
 
-def test_frame_of_the_maximum_size_is_read(client: ApisixClient) -> None:
+def test_frame_of_the_maximum_size_is_read(apisix: ApisixClient) -> None:
     payload = _payload_of_exactly(MAX_PAYLOAD)
-    client.send_frame(MessageType.PREPARE_CONF, payload)
-    type_, reply = client.read_frame()
+    apisix.send_frame(MessageType.PREPARE_CONF, payload)
+    type_, reply = apisix.read_frame()
     assert type_ == MessageType.PREPARE_CONF
     token = struct.unpack_from("<I", reply, len(reply) - 4)[0]
-    assert client.http_req_call(token).action == "none"
+    assert apisix.http_req_call(token).action == "none"
 
 
-def test_reply_over_the_frame_limit_becomes_service_unavailable(client: ApisixClient) -> None:
-    token = client.prepare_conf(act(stop={"status": 200, "body": "x", "repeat": MAX_PAYLOAD}))
-    assert client.http_req_call(token).err == ErrCode.SERVICE_UNAVAILABLE
-    assert client.http_req_call(client.prepare_conf(None)).action == "none"
+def test_reply_over_the_frame_limit_becomes_service_unavailable(apisix: ApisixClient) -> None:
+    token = apisix.prepare_conf(act(stop={"status": 200, "body": "x", "repeat": MAX_PAYLOAD}))
+    assert apisix.http_req_call(token).err == ErrCode.SERVICE_UNAVAILABLE
+    assert apisix.http_req_call(apisix.prepare_conf(None)).action == "none"
 
 
-def test_frames_delivered_one_byte_at_a_time(client: ApisixClient) -> None:
-    token = client.prepare_conf(act(set_headers={"X-Slow": "yes"}))
+def test_frames_delivered_one_byte_at_a_time(apisix: ApisixClient) -> None:
+    token = apisix.prepare_conf(act(set_headers={"X-Slow": "yes"}))
     frame = encode_frame(
         MessageType.HTTP_REQ_CALL,
         req_call_req(id=9, token=token, method="POST", path="/p", args=[("a", "1")], headers=[], src_ip=b"\0" * 16),
     )
     for i in range(len(frame)):
-        client.sock.sendall(frame[i : i + 1])
-    type_, payload = client.read_frame()
+        apisix.sock.sendall(frame[i : i + 1])
+    type_, payload = apisix.read_frame()
     assert type_ == MessageType.HTTP_REQ_CALL
     reply = decode_req_call_reply(payload)
     assert (reply.id, reply.headers) == (9, [("X-Slow", "yes")])
 
 
-def test_two_frames_in_one_write_get_two_replies_in_order(client: ApisixClient) -> None:
-    token = client.prepare_conf(act(set_headers={"X-Two": "1"}))
+def test_two_frames_in_one_write_get_two_replies_in_order(apisix: ApisixClient) -> None:
+    token = apisix.prepare_conf(act(set_headers={"X-Two": "1"}))
     call = req_call_req(id=1, token=token, method="GET", path="/", args=[], headers=[], src_ip=b"\x7f\0\0\1")
-    client.sock.sendall(
+    apisix.sock.sendall(
         encode_frame(2, call) + encode_frame(2, call.replace(b"\x01\x00\x00\x00", b"\x02\x00\x00\x00", 1))
     )
-    first, second = client.read_frame(), client.read_frame()
+    first, second = apisix.read_frame(), apisix.read_frame()
     assert first[0] == second[0] == MessageType.HTTP_REQ_CALL
     assert decode_req_call_reply(first[1]).headers == [("X-Two", "1")]
 
@@ -263,33 +263,33 @@ def test_two_frames_in_one_write_get_two_replies_in_order(client: ApisixClient) 
     ],
     ids=["type0", "type3", "type9", "empty", "garbage", "truncated"],
 )
-def test_undecodable_frame_replies_bad_request_and_stays_in_sync(client: ApisixClient, frame: bytes) -> None:
-    client.sock.sendall(frame)
-    type_, payload = client.read_frame()
+def test_undecodable_frame_replies_bad_request_and_stays_in_sync(apisix: ApisixClient, frame: bytes) -> None:
+    apisix.sock.sendall(frame)
+    type_, payload = apisix.read_frame()
     assert type_ == MessageType.ERROR
     from A6.Err.Resp import Resp
 
     assert Resp.GetRootAs(payload, 0).Code() == ErrCode.BAD_REQUEST
-    assert client.http_req_call(client.prepare_conf(None)).action == "none"
+    assert apisix.http_req_call(apisix.prepare_conf(None)).action == "none"
 
 
-def test_random_garbage_never_takes_the_runner_down(runner: RunnerProcess) -> None:
+def test_random_garbage_never_takes_the_runner_down(apisix_runner: RunnerProcess) -> None:
     import random
 
     rng = random.Random(1234)
     for _ in range(30):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(runner.socket_path)
+            s.connect(apisix_runner.socket_path)
             s.sendall(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))))
-    with runner.client() as c:
+    with apisix_runner.client() as c:
         assert c.http_req_call(c.prepare_conf(None)).action == "none"
 
 
-def test_eof_inside_a_frame_drops_only_that_connection(runner: RunnerProcess) -> None:
-    with runner.client() as other:
+def test_eof_inside_a_frame_drops_only_that_connection(apisix_runner: RunnerProcess) -> None:
+    with apisix_runner.client() as other:
         token = other.prepare_conf(act(set_headers={"X-Ok": "1"}))
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(runner.socket_path)
+            s.connect(apisix_runner.socket_path)
             s.sendall(b"\x02\x01\x00\x00" + b"x")  # announces 65536 bytes, sends 1, closes
         assert other.http_req_call(token).headers == [("X-Ok", "1")]
 
