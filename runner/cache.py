@@ -109,9 +109,12 @@ class ConfCache(Generic[T]):
             self._touch(token, entry, now)
             return entry.value
 
-    def clear(self) -> None:
+    def forget_keys(self) -> None:
+        """Stop reusing tokens by key (after a plugin reload, the next PrepareConf must use new code).
+
+        Issued tokens stay valid: APISIX keeps using them until they expire.
+        """
         with self._lock:
-            self._entries.clear()
             self._by_key.clear()
 
     def _touch(self, token: int, entry: _Entry[T], now: float) -> None:

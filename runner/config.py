@@ -1,92 +1,195 @@
-"""Run-time settings, built once at start-up and frozen.
+"""Run-time settings, built once at start-up from four sources and then frozen.
 
-Precedence, lowest to highest: defaults, environment (APISIX sets
-``APISIX_LISTEN_ADDRESS`` and ``APISIX_CONF_EXPIRE_TIME`` when it spawns the
-runner), command-line flags. Every invalid value raises ``ConfigError`` with a
-message that names the setting; nothing is validated later.
+Precedence, lowest to highest: defaults, a TOML file (``--config``), the
+environment, command-line flags. Each setting is declared once in
+``SETTINGS`` with its TOML key, environment variable, flag and parser; an
+invalid value raises ``ConfigError`` naming the setting and where the value
+came from, so the process exits with one clear line and never half-starts.
+
+APISIX passes ``APISIX_LISTEN_ADDRESS`` (``unix:/path``) and
+``APISIX_CONF_EXPIRE_TIME`` to the runner it spawns, and nginx strips every
+other variable, so everything else is also reachable through flags.
 """
 
 from __future__ import annotations
 
-import logging
+import dataclasses
+import grp
 import os
-from collections.abc import Mapping
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ConfigError
 
-DEFAULT_EXPIRE_TIME = 3600
 #: Tokens live this much longer than APISIX's conf expiry after their last use (protocol.md §6.3).
 TTL_FACTOR = 1.2
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
+EXIT_WITH_PARENT = ("auto", "yes", "no")
 
 
 @dataclass(frozen=True)
 class Config:
-    socket: str
-    plugins: str
+    socket: str | None = None  # None only when systemd passes the listening socket
+    plugins: str = "plugins"
     log_level: str = "info"
-    conf_expire_time: int = DEFAULT_EXPIRE_TIME
+    log_format: str = "text"
+    conf_expire_time: int = 3600
     max_conf_entries: int = 10_000
     socket_mode: int = 0o766
+    socket_group: int | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    drain_timeout: float = 0.7
+    exit_with_parent: str = "auto"
 
     @property
     def token_ttl(self) -> float:
         return TTL_FACTOR * self.conf_expire_time
 
-    @classmethod
-    def build(
-        cls,
-        environ: Mapping[str, str],
-        *,
-        socket: str | None = None,
-        plugins: str | None = None,
-        log_level: str | None = None,
-    ) -> Config:
-        """Combine flags (keyword arguments, ``None`` = not given) with the environment."""
-        address = socket or environ.get("APISIX_LISTEN_ADDRESS", "")
-        if not address:
-            raise ConfigError("socket: no address given (--socket, or APISIX_LISTEN_ADDRESS=unix:/path)")
-        return cls(
-            socket=parse_listen_address(address),
-            plugins=os.path.abspath(plugins or "plugins"),
-            log_level=parse_log_level(log_level or environ.get("A6_RUNNER_LOG_LEVEL") or "info"),
-            conf_expire_time=parse_expire_time(environ.get("APISIX_CONF_EXPIRE_TIME", "")),
-        )
+
+# --- parsers: str (env, flag) or TOML value -> typed value -------------------
 
 
-def parse_listen_address(value: str) -> str:
+def parse_listen_address(value: Any) -> str:
     """``unix:/abs/path`` (as APISIX passes it) or a bare absolute path -> the path."""
-    path = value.removeprefix("unix:")
+    path = str(value).removeprefix("unix:")
     if not path.startswith("/"):
-        raise ConfigError(f"socket: {value!r} is not unix:/absolute/path or an absolute path")
+        raise ValueError(f"{value!r} is not unix:/absolute/path or an absolute path")
     return path
 
 
-def parse_expire_time(value: str) -> int:
-    """``APISIX_CONF_EXPIRE_TIME`` in seconds; unset or empty means APISIX's own 3600."""
-    if not value.strip():
-        return DEFAULT_EXPIRE_TIME
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a whole number")
     try:
-        seconds = int(value)
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a whole number") from None
+    if number <= 0:
+        raise ValueError(f"{value!r} must be positive")
+    return number
+
+
+def _port(value: Any) -> int | None:
+    port = int(value) if not isinstance(value, bool) and str(value).isdigit() else -1
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{value!r} is not a port number (0 turns metrics off)")
+    return port or None
+
+
+def _seconds(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a number of seconds") from None
+    if not 0 < number <= 60:
+        raise ValueError(f"{value!r} must be in (0, 60]")
+    return number
+
+
+def _mode(value: Any) -> int:
+    try:
+        mode = value if isinstance(value, int) and not isinstance(value, bool) else int(str(value), 8)
     except ValueError:
-        raise ConfigError(f"APISIX_CONF_EXPIRE_TIME: {value!r} is not a whole number of seconds") from None
-    if seconds <= 0:
-        raise ConfigError(f"APISIX_CONF_EXPIRE_TIME: {value!r} must be positive")
-    return seconds
+        raise ValueError(f"{value!r} is not an octal mode such as 0766") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"{value!r} is not a permission mode")
+    return mode
 
 
-def parse_log_level(value: str) -> str:
-    level = value.lower()
-    if level not in LOG_LEVELS:
-        raise ConfigError(f"log level: {value!r} is not one of {', '.join(LOG_LEVELS)}")
-    return level
+def _group(value: Any) -> int | None:
+    text = str(value)
+    if text == "":
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise ValueError(f"no such group: {text!r}") from None
 
 
-def configure_logging(level: str) -> None:
-    """One line per record on stderr, which APISIX copies into its error log."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).lower()
+        if text not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{value!r} is not a non-empty string")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # Config field and TOML key
+    env: str | None
+    flag: str | None  # argparse dest
+    parse: Callable[[Any], Any]
+    help: str
+
+
+SETTINGS = (
+    Setting("socket", "APISIX_LISTEN_ADDRESS", "socket", parse_listen_address, "socket path or unix:/path"),
+    Setting("plugins", "A6_RUNNER_PLUGINS", "plugins", _text, "plugin directory"),
+    Setting("log_level", "A6_RUNNER_LOG_LEVEL", "log_level", _choice(LOG_LEVELS), "log level"),
+    Setting("log_format", "A6_RUNNER_LOG_FORMAT", "log_format", _choice(LOG_FORMATS), "text or json lines"),
+    Setting("conf_expire_time", "APISIX_CONF_EXPIRE_TIME", None, _positive_int, "APISIX's conf expiry, seconds"),
+    Setting("max_conf_entries", "A6_RUNNER_MAX_CONF_ENTRIES", None, _positive_int, "live conf tokens kept"),
+    Setting("socket_mode", "A6_RUNNER_SOCKET_MODE", "socket_mode", _mode, "socket permissions, octal"),
+    Setting("socket_group", "A6_RUNNER_SOCKET_GROUP", "socket_group", _group, "socket group, name or gid"),
+    Setting("metrics_port", "A6_RUNNER_METRICS_PORT", "metrics_port", _port, "Prometheus port (0 = off)"),
+    Setting("metrics_host", "A6_RUNNER_METRICS_HOST", None, _text, "Prometheus bind address"),
+    Setting("drain_timeout", "A6_RUNNER_DRAIN_TIMEOUT", None, _seconds, "seconds to finish calls on SIGTERM"),
+    Setting("exit_with_parent", "A6_RUNNER_EXIT_WITH_PARENT", "exit_with_parent", _choice(EXIT_WITH_PARENT), ""),
+)
+
+_FIELDS = {f.name for f in dataclasses.fields(Config)}
+assert _FIELDS == {s.name for s in SETTINGS}
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+    return data
+
+
+def build(environ: Mapping[str, str], flags: Mapping[str, Any] | None = None, config_file: str | None = None) -> Config:
+    """The frozen Config from defaults < ``config_file`` < ``environ`` < ``flags`` (``None`` = not given)."""
+    flags = flags or {}
+    file_values = load_toml(config_file) if config_file else {}
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        sources = [(f"{config_file} key {s.name!r}", file_values.get(s.name))]
+        if s.env:
+            # An empty variable counts as unset (APISIX passes empty values through nginx's env).
+            sources.append((f"${s.env}", environ.get(s.env) or None))
+        if s.flag:
+            sources.append((f"--{s.flag.replace('_', '-')}", flags.get(s.flag)))
+        for origin, raw in reversed(sources):
+            if raw is None:
+                continue
+            try:
+                values[s.name] = s.parse(raw)
+            except ValueError as e:
+                raise ConfigError(f"{s.name} (from {origin}): {e}") from None
+            break
+    if "plugins" in values:
+        values["plugins"] = os.path.abspath(values["plugins"])
+    return Config(**values)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -23,6 +24,7 @@ from .cache import ConfCache
 from .errors import CallAbandoned, ConfUnusable, DecodeError, ErrCode, PluginError, RunnerError, TokenNotFound
 from .frame import MessageType
 from .http import Args, ExtraCache, Headers, InfoKind, Request, Response
+from .metrics import Metrics
 from .plugins import Plugin, PluginRegistry, call_filter, has_filter, has_response_filter
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 Exchange = Callable[[bytes], bytes]
 
 _ERR_FRAMES = {code: frame.encode(MessageType.ERROR, messages.encode_err(code)) for code in ErrCode}
+_TYPE_NAMES = {t.value: t.name.lower() for t in MessageType}
 
 # Never passed to APISIX in a response-phase header list: nginx frames the body
 # itself, and a stale Content-Length with a rewritten body breaks the response.
@@ -54,12 +57,19 @@ def _unusable(reason: str) -> Prepared:
 class Dispatcher:
     """Turns request frames into reply frames with the current plugin registry and conf cache."""
 
-    def __init__(self, registry: PluginRegistry, cache: ConfCache[Prepared]) -> None:
+    def __init__(self, registry: PluginRegistry, cache: ConfCache[Prepared], metrics: Metrics | None = None) -> None:
         self.registry = registry
         self.cache = cache
+        self.metrics = metrics
+
+    def reload(self, registry: PluginRegistry) -> None:
+        """Use ``registry`` for PrepareConfs from now on; tokens already issued keep their plugins."""
+        self.registry = registry
+        self.cache.forget_keys()
 
     def handle(self, type_: int, payload: bytes, exchange: Exchange) -> bytes:
         """The reply frame for one request frame. Raises only ``CallAbandoned``."""
+        outcome = "ok"
         try:
             if type_ == MessageType.HTTP_REQ_CALL:
                 return frame.encode(MessageType.HTTP_REQ_CALL, self._req_call(payload, exchange))
@@ -69,20 +79,26 @@ class Dispatcher:
                 return frame.encode(MessageType.HTTP_RESP_CALL, self._resp_call(payload, exchange))
             raise DecodeError(f"unexpected message type {type_}")
         except CallAbandoned:
+            outcome = "abandoned"
             raise
-        except PluginError as e:
-            log.error("%s", e, exc_info=e.__cause__)
-            return _ERR_FRAMES[e.code]
-        except (TokenNotFound, ConfUnusable) as e:
-            # Expected after a restart or a bad conf (logged once, when prepared).
-            log.debug("%s", e)
-            return _ERR_FRAMES[e.code]
         except RunnerError as e:
-            log.warning("replying %s to a type-%d frame: %s", e.code.name, type_, e)
+            outcome = e.code.name.lower()
+            if isinstance(e, PluginError):
+                extra = {"plugin": e.plugin, "request_id": e.request_id}
+                log.error("%s", e, exc_info=e.__cause__, extra=extra)
+            elif isinstance(e, (TokenNotFound, ConfUnusable)):
+                # Expected after a restart, or a bad conf logged once when it was prepared.
+                log.debug("%s", e)
+            else:
+                log.warning("replying %s to a type-%d frame: %s", e.code.name, type_, e)
             return _ERR_FRAMES[e.code]
         except Exception:
+            outcome = "service_unavailable"
             log.exception("internal error while handling a type-%d frame; replying SERVICE_UNAVAILABLE", type_)
             return _ERR_FRAMES[ErrCode.SERVICE_UNAVAILABLE]
+        finally:
+            if self.metrics is not None:
+                self.metrics.call(_TYPE_NAMES.get(type_, "unknown"), outcome)
 
     # --- PrepareConf -------------------------------------------------------
 
@@ -133,18 +149,40 @@ class Dispatcher:
 
     def _req_call(self, payload: bytes, exchange: Exchange) -> bytes:
         call = messages.parse_req_call(payload)
-        return run_request_phase(self._lookup(call.conf_token), call, exchange)
+        return run_request_phase(self._lookup(call.conf_token), call, exchange, self.metrics)
 
     def _resp_call(self, payload: bytes, exchange: Exchange) -> bytes:
         call = messages.parse_resp_call(payload)
-        return run_response_phase(self._lookup(call.conf_token), call, exchange)
+        return run_response_phase(self._lookup(call.conf_token), call, exchange, self.metrics)
 
 
-def run_request_phase(prepared: Prepared, call: messages.ReqCall, exchange: Exchange) -> bytes:
+def _run(
+    name: str, what: str, call_id: int, metrics: Metrics | None, fn: Callable[..., object], *args: object
+) -> object:
+    """Call one plugin method; any exception becomes ``PluginError`` (except ``CallAbandoned``)."""
+    started = time.perf_counter() if metrics is not None else 0.0
+    failed = True
+    try:
+        result = fn(*args)
+        failed = False
+        return result
+    except CallAbandoned:
+        failed = False
+        raise
+    except Exception as e:
+        raise PluginError(name, f"plugin {name!r} raised {type(e).__name__} in {what}: {e}", call_id) from e
+    finally:
+        if metrics is not None:
+            metrics.plugin(name, time.perf_counter() - started, failed)
+
+
+def run_request_phase(
+    prepared: Prepared, call: messages.ReqCall, exchange: Exchange, metrics: Metrics | None = None
+) -> bytes:
     """Run the request-phase chain; the HTTPReqCall.Resp payload. Plugin failures raise ``PluginError``."""
     if not prepared.request_chain:
         return messages.encode_no_action(call.id)
-    extra = ExtraCache(_asker(exchange))
+    extra = ExtraCache(_asker(exchange, metrics))
     request = Request(
         id=call.id,
         method=call.method,
@@ -156,31 +194,23 @@ def run_request_phase(prepared: Prepared, call: messages.ReqCall, exchange: Exch
     )
     response = Response(ask=extra)
     for name, plugin in prepared.request_chain:
-        try:
-            stopped = call_filter(plugin, request, response)
-        except CallAbandoned:
-            raise
-        except Exception as e:
-            raise PluginError(name, f"plugin {name!r} raised {type(e).__name__}: {e} (request id {call.id})") from e
-        if stopped:
+        if _run(name, "filter", call.id, metrics, call_filter, plugin, request, response):
             return messages.encode_stop(call.id, response.status_code, response.headers.items(), response.new_body)
     return _rewrite(call, request, response)
 
 
-def run_response_phase(prepared: Prepared, call: messages.RespCall, exchange: Exchange) -> bytes:
+def run_response_phase(
+    prepared: Prepared, call: messages.RespCall, exchange: Exchange, metrics: Metrics | None = None
+) -> bytes:
     """Run the response-phase chain; the HTTPRespCall.Resp payload. Plugin failures raise ``PluginError``."""
     response = Response(
-        status_code=call.status, headers=Headers._trusted(list(call.headers)), ask=_asker(exchange), upstream=True
+        status_code=call.status,
+        headers=Headers._trusted(list(call.headers)),
+        ask=_asker(exchange, metrics),
+        upstream=True,
     )
     for name, plugin in prepared.response_chain:
-        try:
-            plugin.response_filter(response)
-        except CallAbandoned:
-            raise
-        except Exception as e:
-            raise PluginError(
-                name, f"plugin {name!r} raised {type(e).__name__} in response_filter: {e} (request id {call.id})"
-            ) from e
+        _run(name, "response_filter", call.id, metrics, plugin.response_filter, response)
     # Always the full header list: an empty one makes APISIX drop
     # Content-Type and friends from the client's response.
     headers = [(n, v) for n, v in response.headers.items() if n.lower() not in _HOP_BY_HOP]
@@ -188,8 +218,10 @@ def run_response_phase(prepared: Prepared, call: messages.RespCall, exchange: Ex
     return messages.encode_resp_call_resp(call.id, status, headers, response.new_body)
 
 
-def _asker(exchange: Exchange) -> Callable[[InfoKind, str], bytes | None]:
+def _asker(exchange: Exchange, metrics: Metrics | None) -> Callable[[InfoKind, str], bytes | None]:
     def ask(kind: InfoKind, name: str) -> bytes | None:
+        if metrics is not None:
+            metrics.extra_info(kind.name.lower())
         return messages.parse_extra_info_resp(exchange(messages.encode_extra_info_req(kind, name)))
 
     return ask

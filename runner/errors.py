@@ -43,11 +43,12 @@ class ConfUnusable(RunnerError):
 
 
 class PluginError(RunnerError):
-    """A plugin raised while handling a call."""
+    """A plugin raised while handling a call; the plugin's exception is ``__cause__``."""
 
-    def __init__(self, plugin: str, message: str) -> None:
+    def __init__(self, plugin: str, message: str, request_id: int = 0) -> None:
         super().__init__(message)
         self.plugin = plugin
+        self.request_id = request_id
 
 
 class ReplyTooLarge(RunnerError):

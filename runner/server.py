@@ -52,16 +52,32 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
     block_on_close = False
     request_queue_size = 1024  # a full backlog makes APISIX's non-blocking connect fail at once
 
-    def __init__(self, path: str, dispatcher: Dispatcher, mode: int = 0o766) -> None:
+    def __init__(
+        self,
+        path: str | None,
+        dispatcher: Dispatcher,
+        mode: int = 0o766,
+        group: int | None = None,
+        sock: socket.socket | None = None,
+    ) -> None:
+        """Bind ``path``, or serve ``sock`` when a listening socket is inherited (systemd)."""
         self.dispatcher = dispatcher
         self.mode = mode
-        self._inode: tuple[int, int] | None = None
+        self.group = group
+        self._inode: tuple[int, int] | None = None  # set only for a path we bound ourselves
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
         self._connections: set[Connection] = set()
         self._busy = 0
         self.closing = False
-        super().__init__(path, Connection)
+        if sock is None:
+            if path is None:
+                raise ConfigError("socket: no path given and no socket inherited")
+            super().__init__(path, Connection)
+        else:
+            super().__init__(sock.getsockname(), Connection, bind_and_activate=False)
+            self.socket.close()
+            self.socket = sock
 
     # --- socket path -------------------------------------------------------
 
@@ -80,6 +96,8 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
                 os.unlink(temp)
         self.socket.bind(temp)
         os.chmod(temp, self.mode)
+        if self.group is not None:
+            os.chown(temp, -1, self.group)
         if temp != path:
             os.rename(temp, path)
         st = os.stat(path)
@@ -87,6 +105,8 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
 
     def server_close(self) -> None:
         super().server_close()
+        if self._inode is None:  # inherited: its owner removes it
+            return
         path = str(self.server_address)
         try:
             st = os.stat(path)
@@ -135,6 +155,11 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
     def connection_count(self) -> int:
         with self._lock:
             return len(self._connections)
+
+    @property
+    def calls_in_flight(self) -> int:
+        with self._lock:
+            return self._busy
 
     def stop_connections(self, timeout: float) -> bool:
         """Close idle connections, wait up to ``timeout`` s for calls in flight; ``True`` if all ended."""

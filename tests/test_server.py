@@ -129,7 +129,7 @@ def test_plugin_exception_replies_service_unavailable_and_is_logged(
     assert apisix.http_req_call(token, id=4711).err == ErrCode.SERVICE_UNAVAILABLE
     assert apisix.http_req_call(apisix.prepare_conf(None)).action == "none"  # same connection lives on
     lines = [line for line in apisix_runner.log.splitlines() if "kaboom-4711" in line]
-    assert lines and "plugin 'act' raised RuntimeError" in lines[0] and "request id 4711" in lines[0]
+    assert lines and "plugin 'act' raised RuntimeError in filter" in lines[0] and "request_id=4711" in lines[0]
     assert "Traceback" in apisix_runner.log
 
 
