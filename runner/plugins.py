@@ -6,6 +6,10 @@ module name and registers each ``Plugin`` subclass defined there;
 ``PluginRegistry.register`` validates. Every problem is found at start-up (or
 at a reload) and named with its file, never when a request arrives.
 
+Each load imports the files as a fresh package, so plugin files can share code
+through ``_*.py`` helpers with relative imports, and a reload really re-executes
+them.
+
 A plugin instance belongs to one (conf token, conf entry) and may serve many
 calls at once on different threads. So ``stop()``/``rewrite()`` record the
 decision for the *current call* in thread-local state, never on the instance.
@@ -17,6 +21,7 @@ import importlib.util
 import logging
 import sys
 import threading
+import types
 from pathlib import Path
 from typing import Any
 
@@ -140,10 +145,13 @@ def load_plugins(directory: str | Path) -> PluginRegistry:
     if not root.is_dir():
         raise PluginLoadError(str(root), "plugin directory does not exist")
     with _generation_lock:
-        # Each load gets fresh module names, so a reload really re-executes the
-        # files and never mixes classes of two loads.
         _generation += 1
         prefix = f"_a6_plugins{_generation}"
+    # The directory is a package, so plugin files can share code kept in
+    # ``_*.py`` helpers (which are not scanned for plugins): ``from ._common import X``.
+    package = types.ModuleType(prefix)
+    package.__path__ = [str(root)]
+    sys.modules[prefix] = package
     registry = PluginRegistry()
     for path in sorted(root.glob("*.py")):
         if path.name.startswith("_"):

@@ -72,7 +72,7 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
         self.closing = False
         if sock is None:
             if path is None:
-                raise ConfigError("socket: no path given and no socket inherited")
+                raise ConfigError("socket: no address given (--socket, or APISIX_LISTEN_ADDRESS=unix:/path)")
             super().__init__(path, Connection)
         else:
             super().__init__(sock.getsockname(), Connection, bind_and_activate=False)

@@ -551,21 +551,46 @@ class RunnerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> RunnerProcess:
-        """Spawn the runner and wait until its socket accepts connections."""
+        """Spawn the runner and wait until it reports ready (sd_notify ``READY=1``).
+
+        Readiness comes from the runner itself, not from a connect probe, which
+        another process still serving the same path would pass.
+        """
+        ready: socket.socket | None = None
+        env = dict(self.env)
+        if "NOTIFY_SOCKET" not in env:  # else the caller listens itself: fall back to probing
+            ready = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            ready.bind(os.path.join(self._dir.name, "notify"))
+            ready.settimeout(0.05)
+            env["NOTIFY_SOCKET"] = ready.getsockname()
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"runner exited with {self.proc.returncode}:\n{self.log}")
-            try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                    probe.connect(self.socket_path)
-                return self
-            except OSError:
-                time.sleep(0.02)
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"runner exited with {self.proc.returncode}:\n{self.log}")
+                if self._ready(ready):
+                    return self
+        finally:
+            if ready is not None:
+                ready.close()
         self.stop(signal.SIGKILL)
-        raise RuntimeError(f"runner did not listen on {self.socket_path} within {timeout} s:\n{self.log}")
+        raise RuntimeError(f"runner did not get ready on {self.socket_path} within {timeout} s:\n{self.log}")
+
+    def _ready(self, notify: socket.socket | None) -> bool:
+        if notify is not None:
+            try:
+                return b"READY=1" in notify.recv(4096).split(b"\n")
+            except TimeoutError:
+                return False
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.connect(self.socket_path)
+            return True
+        except OSError:
+            time.sleep(0.02)
+            return False
 
     def client(self, timeout: float = 30.0) -> ApisixClient:
         return ApisixClient(self.socket_path, timeout)

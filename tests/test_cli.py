@@ -1,0 +1,384 @@
+"""The runner as operators run it: real processes, real signals, real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE_PLUGINS, TEST_PLUGINS
+
+from runner.errors import ErrCode
+from runner.testing import ApisixClient, RunnerProcess
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def cli(*args: str, env: dict[str, str] | None = None, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    path = Path(f"/tmp/a6t-{os.getpid()}-{threading.get_ident() % 10000}")
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# --- start-up errors ------------------------------------------------------------
+
+
+def test_missing_socket_address_exits_1_naming_the_setting() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "APISIX_LISTEN_ADDRESS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "run", "--plugins", str(TEST_PLUGINS)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert result.returncode == 1
+    assert "socket" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_path_that_is_not_a_socket_is_refused(short_dir: Path) -> None:
+    path = short_dir / "file.sock"
+    path.write_text("precious")
+    result = cli("run", "--socket", str(path), "--plugins", str(TEST_PLUGINS))
+    assert result.returncode == 1
+    assert f"socket path exists and is not a socket: {path}" in result.stderr
+    assert path.read_text() == "precious"
+
+
+def test_plugin_import_error_exits_1_naming_the_file(short_dir: Path) -> None:
+    (short_dir / "broken.py").write_text("import no_such_module_anywhere\n")
+    result = cli("run", "--socket", str(short_dir / "r.sock"), "--plugins", str(short_dir))
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(short_dir / "broken.py") in lines[0] and "ModuleNotFoundError" in lines[0]
+
+
+def test_duplicate_plugin_names_exit_1_naming_both_files(short_dir: Path) -> None:
+    for stem in ("one", "two"):
+        (short_dir / f"{stem}.py").write_text(
+            "from runner import Plugin\nclass P(Plugin):\n    name = 'same'\n    def filter(self, q, r): pass\n"
+        )
+    result = cli("run", "--socket", str(short_dir / "r.sock"), "--plugins", str(short_dir))
+    assert result.returncode == 1
+    assert "'same'" in result.stderr and "one.py" in result.stderr and "two.py" in result.stderr
+
+
+def test_invalid_setting_exits_1_naming_it() -> None:
+    result = cli("run", "--socket", "/tmp/x.sock", env={"APISIX_CONF_EXPIRE_TIME": "soon"})
+    assert result.returncode == 1
+    assert "conf_expire_time (from $APISIX_CONF_EXPIRE_TIME)" in result.stderr
+
+
+# --- check and health -------------------------------------------------------------
+
+
+def test_check_lists_every_plugin_with_its_file_and_exits_0(short_dir: Path) -> None:
+    result = cli("check", "--socket", str(short_dir / "r.sock"), "--plugins", str(EXAMPLE_PLUGINS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"plugin verify_signature: {EXAMPLE_PLUGINS / 'verify_signature.py'}" in result.stdout
+    assert "ok: 6 plugin(s)" in result.stdout
+    assert not (short_dir / "r.sock").exists()  # check binds nothing
+
+
+def test_check_fails_on_a_broken_plugin(short_dir: Path) -> None:
+    (short_dir / "bad.py").write_text("syntax error here\n")
+    result = cli("check", "--socket", str(short_dir / "r.sock"), "--plugins", str(short_dir))
+    assert result.returncode == 1 and "bad.py" in result.stdout
+
+
+def test_health_is_0_against_a_live_runner_and_1_without_one(short_dir: Path) -> None:
+    with RunnerProcess(TEST_PLUGINS) as proc:
+        ok = cli("health", "--socket", f"unix:{proc.socket_path}")
+        assert (ok.returncode, ok.stdout.strip()) == (0, "ok")
+    down = cli("health", "--socket", str(short_dir / "none.sock"), "--timeout", "1")
+    assert down.returncode == 1 and "unhealthy" in down.stdout
+
+
+def test_config_precedence_file_then_env_then_flags(short_dir: Path) -> None:
+    toml = short_dir / "runner.toml"
+    toml.write_text(f'socket = "{short_dir}/from-file.sock"\nplugins = "{EXAMPLE_PLUGINS}"\nsocket_mode = "0660"\n')
+    env = {"APISIX_LISTEN_ADDRESS": f"unix:{short_dir}/from-env.sock"}
+    no_env = {"APISIX_LISTEN_ADDRESS": ""}
+    assert f"{short_dir}/from-file.sock (mode 0660)" in cli("check", "--config", str(toml), env=no_env).stdout
+    assert f"{short_dir}/from-env.sock" in cli("check", "--config", str(toml), env=env).stdout
+    flagged = cli("check", "--config", str(toml), "--socket", f"{short_dir}/flag.sock", "--socket-mode", "600", env=env)
+    assert f"{short_dir}/flag.sock (mode 0600)" in flagged.stdout
+    toml.write_text("sockett = 1\n")
+    typo = cli("check", "--config", str(toml), env=env)
+    assert typo.returncode == 1 and "unknown setting(s) sockett" in typo.stderr
+
+
+# --- signals -------------------------------------------------------------------------
+
+
+def test_sigterm_lets_the_call_in_flight_finish_removes_the_socket_and_exits_0(short_dir: Path) -> None:
+    started, release = short_dir / "started", short_dir / "release"
+    with RunnerProcess(TEST_PLUGINS) as proc:
+        conf = json.dumps({"started": str(started), "release": str(release)})
+        with proc.client() as c:
+            token = c.prepare_conf([("slow", conf)])
+            result: list[object] = []
+            caller = threading.Thread(target=lambda: result.append(c.http_req_call(token, id=42)))
+            caller.start()
+            wait_for(started.exists, "the plugin to start")
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.05)  # let the runner begin its shutdown while the call is still blocked
+            release.touch()
+            caller.join(10)
+        assert proc.wait() == 0
+        reply = result[0]
+        assert getattr(reply, "id", None) == 42 and getattr(reply, "headers", None) == [("X-Slow", "done")]
+        assert not os.path.exists(proc.socket_path)
+
+
+def test_sigterm_closes_idle_connections_and_exits_promptly() -> None:
+    with RunnerProcess(TEST_PLUGINS) as proc:
+        idle = [proc.client() for _ in range(20)]
+        for c in idle:  # pooled connections have served calls before they sit idle
+            c.prepare_conf(None)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0
+        for c in idle:
+            assert c.sock.recv(1) == b""  # closed by the runner, not left hanging
+            c.close()
+
+
+def test_old_runner_leaves_the_socket_of_the_new_one_on_the_same_path() -> None:
+    with RunnerProcess(TEST_PLUGINS) as old:
+        with RunnerProcess(TEST_PLUGINS, socket_path=old.socket_path) as new:
+            assert old.stop() == 0
+            assert os.path.exists(new.socket_path)
+            assert "another runner has bound it" in old.log
+            with new.client() as c:
+                assert c.http_req_call(c.prepare_conf(None)).action == "none"
+
+
+PLUGIN_V = textwrap.dedent(
+    """
+    from runner import Plugin
+
+    class Version(Plugin):
+        name = "version"
+
+        def filter(self, request, response):
+            request.headers["X-Version"] = "{version}"
+    """
+)
+
+
+def test_sighup_reloads_changed_plugins_for_new_confs(short_dir: Path) -> None:
+    plugins = short_dir / "plugins"
+    plugins.mkdir()
+    (plugins / "version.py").write_text(PLUGIN_V.format(version="1"))
+    with RunnerProcess(plugins) as proc, proc.client() as c:
+        key = "route#1#ext-plugin-pre-req#1"
+        old_token = c.prepare_conf([("version", "")], key=key)
+        assert c.http_req_call(old_token).headers == [("X-Version", "1")]
+        (plugins / "version.py").write_text(PLUGIN_V.format(version="2"))
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded 1 plugin(s)" in proc.log, "the reload")
+        new_token = c.prepare_conf([("version", "")], key=key)
+        assert new_token != old_token
+        assert c.http_req_call(new_token).headers == [("X-Version", "2")]
+        assert c.http_req_call(old_token).headers == [("X-Version", "1")]  # issued tokens keep their plugins
+
+
+def test_failed_reload_keeps_the_old_plugins(short_dir: Path) -> None:
+    plugins = short_dir / "plugins"
+    plugins.mkdir()
+    (plugins / "version.py").write_text(PLUGIN_V.format(version="1"))
+    with RunnerProcess(plugins) as proc, proc.client() as c:
+        (plugins / "version.py").write_text("def broken(:\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload failed" in proc.log, "the failed reload")
+        assert "version.py" in proc.log.split("reload failed")[1].splitlines()[0]
+        token = c.prepare_conf([("version", "")], key="route#2#ext-plugin-pre-req#1")
+        assert c.http_req_call(token).headers == [("X-Version", "1")]
+
+
+# --- systemd -------------------------------------------------------------------------
+
+
+def test_sd_notify_ready_reloading_watchdog_and_stopping(short_dir: Path) -> None:
+    notify_path = str(short_dir / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(notify_path)
+        notify.settimeout(10)
+
+        def messages_until(state: str) -> list[str]:
+            seen: list[str] = []
+            while not any(m.startswith(state) for m in seen):
+                seen += notify.recv(4096).decode().split("\n")
+            return seen
+
+        env = {"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "200000"}
+        with RunnerProcess(TEST_PLUGINS, env=env) as proc:
+            ready = messages_until("READY=1")
+            assert any(m.startswith("STATUS=serving") for m in ready)
+            assert f"MAINPID={proc.proc.pid}" in ready  # type: ignore[union-attr]
+            assert "WATCHDOG=1" in messages_until("WATCHDOG=1")
+            proc.send_signal(signal.SIGHUP)
+            reloading = messages_until("RELOADING=1")
+            assert any(m.startswith("MONOTONIC_USEC=") for m in reloading)
+            messages_until("READY=1")
+            proc.send_signal(signal.SIGTERM)
+            messages_until("STOPPING=1")
+            assert proc.wait() == 0
+
+
+def test_socket_activation_serves_the_inherited_socket_and_leaves_it(short_dir: Path) -> None:
+    path = str(short_dir / "activated.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    # What systemd does: the socket on fd 3, LISTEN_PID = the service's own pid, then exec.
+    trampoline = textwrap.dedent(
+        f"""
+        import os, sys
+        os.dup2({listener.fileno()}, 3)
+        os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1")
+        os.execv(sys.executable, [sys.executable, "-m", "runner", "run", "--plugins", "{TEST_PLUGINS}"])
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "APISIX_LISTEN_ADDRESS"}
+    with open(short_dir / "log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", trampoline],
+            pass_fds=[listener.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
+    listener.close()
+    try:
+        with ApisixClient(path) as c:
+            assert c.http_req_call(c.prepare_conf(None)).action == "none"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert os.path.exists(path)  # systemd's socket: its owner removes it
+        assert "serving on inherited socket" in (short_dir / "log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# --- orphans -------------------------------------------------------------------------
+
+
+def test_runner_exits_when_the_process_that_spawned_it_dies(short_dir: Path) -> None:
+    # An "APISIX" that spawns the runner with a stdin pipe (as ngx.pipe does), prints its pid, then waits.
+    spawner = textwrap.dedent(
+        f"""
+        import subprocess, sys, time
+        p = subprocess.Popen([sys.executable, "-m", "runner", "run", "--socket", "{short_dir}/o.sock",
+                              "--plugins", "{TEST_PLUGINS}"], stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        print(p.pid, flush=True)
+        time.sleep(60)
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", spawner], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    with parent.stdout:
+        runner_pid = int(parent.stdout.readline())
+    try:
+        wait_for(lambda: os.path.exists(f"{short_dir}/o.sock"), "the runner to listen")
+        parent.kill()
+        parent.wait()
+
+        def gone() -> bool:
+            try:
+                os.kill(runner_pid, 0)
+            except ProcessLookupError:
+                return True
+            # A zombie (reparented to us or init and not reaped yet) counts as gone.
+            with open(f"/proc/{runner_pid}/stat") as f:
+                return f.read().split(")")[1].split()[0] == "Z"
+
+        wait_for(gone, "the orphaned runner to exit")
+        assert not os.path.exists(f"{short_dir}/o.sock")
+    finally:
+        try:
+            os.kill(runner_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# --- observability ---------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_metrics_endpoint_counts_calls_errors_extra_info_and_gauges() -> None:
+    port = _free_port()
+    with RunnerProcess(TEST_PLUGINS, args=["--metrics-port", str(port)]) as proc, proc.client() as c:
+        ok = c.prepare_conf([("act", '{"vars_to_headers": {"host": "X-H"}}')])
+        for _ in range(3):
+            assert c.http_req_call(ok, vars={"host": "h"}).err is None
+        boom = c.prepare_conf([("act", '{"raise": "x"}')], key="route#2#ext-plugin-pre-req#1")
+        assert c.http_req_call(boom).err == ErrCode.SERVICE_UNAVAILABLE
+        assert c.http_req_call(12345).err == ErrCode.CONF_TOKEN_NOT_FOUND
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            text = response.read().decode()
+    lines = set(text.splitlines())
+    assert 'apisix_runner_calls_total{type="http_req_call",outcome="ok"} 3' in lines
+    assert 'apisix_runner_calls_total{type="http_req_call",outcome="service_unavailable"} 1' in lines
+    assert 'apisix_runner_calls_total{type="http_req_call",outcome="conf_token_not_found"} 1' in lines
+    assert 'apisix_runner_calls_total{type="prepare_conf",outcome="ok"} 2' in lines
+    assert 'apisix_runner_plugin_errors_total{plugin="act"} 1' in lines
+    assert 'apisix_runner_extra_info_total{kind="var"} 3' in lines
+    assert 'apisix_runner_plugin_duration_seconds_count{plugin="act"} 4' in lines
+    assert "apisix_runner_conf_tokens 2" in lines
+    assert "apisix_runner_connections 1" in lines
+    assert "apisix_runner_calls_in_flight 0" in lines
+    assert text.endswith("\n")
+
+
+def test_json_log_lines_parse_and_carry_call_fields() -> None:
+    with RunnerProcess(TEST_PLUGINS, args=["--log-format", "json"]) as proc, proc.client() as c:
+        token = c.prepare_conf([("act", '{"raise": "json-boom"}')])
+        assert c.http_req_call(token, id=321).err == ErrCode.SERVICE_UNAVAILABLE
+        wait_for(lambda: "json-boom" in proc.log, "the error line")
+        proc.stop()
+        entries = [json.loads(line) for line in proc.log.splitlines() if line.strip()]
+    error = next(e for e in entries if "json-boom" in e["msg"])
+    assert (error["level"], error["request_id"], error["plugin"]) == ("error", 321, "act")
+    assert "Traceback" in error["exc"]
+    assert any(e["msg"].startswith("serving on") for e in entries)
