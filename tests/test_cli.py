@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -171,6 +172,14 @@ def test_sigterm_closes_idle_connections_and_exits_promptly() -> None:
         for c in idle:
             assert c.sock.recv(1) == b""  # closed by the runner, not left hanging
             c.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a socket to another group needs root")
+def test_socket_mode_and_group_are_configurable(short_dir: Path) -> None:
+    path = short_dir / "g.sock"
+    with RunnerProcess(TEST_PLUGINS, socket_path=str(path), args=["--socket-mode", "0660", "--socket-group", "4321"]):
+        st = os.stat(path)
+        assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o660, 4321)
 
 
 def test_old_runner_leaves_the_socket_of_the_new_one_on_the_same_path() -> None:
