@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+from A6.Err.Resp import Resp as ErrResp
+
 from runner import Plugin
 from runner.cache import ConfCache
 from runner.dispatch import Dispatcher, Prepared
@@ -66,7 +68,7 @@ def _call(d: Dispatcher, token: int, headers: list[tuple[str, str | None]] = [])
 
 def _err(frame: tuple[int, bytes]) -> int:
     assert frame[0] == MessageType.ERROR
-    return frame[1][-1]  # the code byte ends the 20-byte Err table (0 is omitted entirely)
+    return int(ErrResp.GetRootAs(frame[1], 0).Code())
 
 
 def test_expired_token_replies_conf_token_not_found() -> None:
