@@ -23,7 +23,7 @@ from . import frame, messages
 from .cache import ConfCache
 from .errors import CallAbandoned, ConfUnusable, DecodeError, ErrCode, PluginError, RunnerError, TokenNotFound
 from .frame import MessageType
-from .http import Args, ExtraCache, Headers, InfoKind, Request, Response
+from .http import ExtraCache, Headers, InfoKind, Request, Response
 from .metrics import Metrics
 from .plugins import Plugin, PluginRegistry, call_filter, has_filter, has_response_filter
 
@@ -166,7 +166,9 @@ def _run(
         result = fn(*args)
         failed = False
         return result
-    except CallAbandoned:
+    except (CallAbandoned, DecodeError):
+        # Not the plugin's fault: APISIX closed the connection, or sent bytes
+        # (headers decoded on first use, an ExtraInfo answer) that do not decode.
         failed = False
         raise
     except Exception as e:
@@ -183,13 +185,13 @@ def run_request_phase(
     if not prepared.request_chain:
         return messages.encode_no_action(call.id)
     extra = ExtraCache(_asker(exchange, metrics))
-    request = Request(
+    request = Request.from_apisix(
         id=call.id,
         method=call.method,
         path=call.path,
-        headers=Headers._trusted(list(call.headers)),
-        args=Args._trusted(list(call.args)),
         src_ip=call.src_ip,
+        headers=call.headers,
+        args=call.args,
         ask=extra,
     )
     response = Response(ask=extra)
@@ -229,17 +231,17 @@ def _asker(exchange: Exchange, metrics: Metrics | None) -> Callable[[InfoKind, s
 
 def _rewrite(call: messages.ReqCall, request: Request, response: Response) -> bytes:
     """Only what the plugins changed, so untouched (and repeated) headers stay as they were."""
+    path, header_changes, arg_changes = request.changes()
     headers: list[tuple[str, str | None]] = []
-    for name, values in request.headers.changes(call.headers):
+    for name, values in header_changes:
         # APISIX *sets* each request header entry (last one wins), so several
         # values travel as one list value.
         sep = "; " if name.lower() == "cookie" else ", "
         headers.append((name, None if values is None else sep.join(values)))
     args: list[tuple[str, str | None]] = []
-    for name, values in request.args.changes(call.args):
+    for name, values in arg_changes:
         # APISIX: first entry of a name replaces its values, later ones append.
         args.extend([(name, None)] if values is None else [(name, v) for v in values])
-    path = request.path if request.path != call.path else None
     resp_headers = response.headers.items()
     body = request.new_body
     if path is None and not headers and not args and not resp_headers and not body:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Union
+from typing import Self, Union
 
 __all__ = ["Args", "Ask", "Headers", "InfoKind", "MultiDict", "Request", "Response"]
 
@@ -69,7 +69,7 @@ class MultiDict:
         return name
 
     @classmethod
-    def _trusted(cls, items: list[tuple[str, str]]) -> MultiDict:
+    def _trusted(cls, items: list[tuple[str, str]]) -> Self:
         # For pairs decoded from APISIX's FlatBuffer: nginx already refused CR/LF/NUL.
         self = cls.__new__(cls)
         self._items = items
@@ -132,7 +132,7 @@ class MultiDict:
     def items(self) -> list[tuple[str, str]]:
         return list(self._items)
 
-    def copy(self) -> MultiDict:
+    def copy(self) -> Self:
         return self._trusted(list(self._items))
 
     def __getitem__(self, name: str) -> str:
@@ -244,6 +244,10 @@ def _to_bytes(body: bytes | bytearray | str) -> bytes:
     return body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body)
 
 
+#: Returns the ``(name, value)`` pairs APISIX sent, decoded on first use.
+Loader = Callable[[], list[tuple[str, str]]]
+
+
 class Request:
     """The client request as APISIX sees it at this phase; change it to rewrite it.
 
@@ -252,7 +256,10 @@ class Request:
     first time it is read; assigning it replaces the body sent upstream.
     """
 
-    __slots__ = ("id", "method", "_path", "_src_ip", "_headers", "_args", "_body", "_body_set", "_extra")
+    __slots__ = (
+        "id", "method", "_path", "_orig_path", "_src_ip", "_headers", "_orig_headers", "_load_headers",
+        "_args", "_orig_args", "_load_args", "_body", "_body_set", "_extra",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -269,12 +276,35 @@ class Request:
         self.id = id
         self.method = method
         self.path = path
+        self._orig_path = path
         self._src_ip = src_ip
-        self._headers = headers if isinstance(headers, Headers) else Headers(headers)
-        self._args = args if isinstance(args, Args) else Args(args)
+        self._headers: Headers | None = Headers(headers)
+        self._orig_headers = self._headers.items()
+        self._args: Args | None = Args(args)
+        self._orig_args = self._args.items()
+        self._load_headers: Loader | None = None
+        self._load_args: Loader | None = None
         self._body: bytes | str | None = body
         self._body_set = False
         self._extra = ExtraCache.of(ask)
+
+    @classmethod
+    def from_apisix(
+        cls, *, id: int, method: str, path: str, src_ip: bytes, headers: Loader, args: Loader, ask: Ask | None
+    ) -> Request:
+        """A request whose headers and args are decoded only if a plugin touches them."""
+        self = cls.__new__(cls)
+        self.id = id
+        self.method = method
+        self._path = self._orig_path = path  # trusted: nginx's own path
+        self._src_ip = src_ip
+        self._headers = self._args = None
+        self._load_headers = headers
+        self._load_args = args
+        self._body = None
+        self._body_set = False
+        self._extra = ExtraCache.of(ask)
+        return self
 
     @property
     def path(self) -> str:
@@ -297,19 +327,40 @@ class Request:
 
     @property
     def headers(self) -> Headers:
-        return self._headers
+        headers = self._headers
+        if headers is None:
+            assert self._load_headers is not None
+            self._orig_headers = self._load_headers()
+            headers = self._headers = Headers._trusted(list(self._orig_headers))
+        return headers
 
     @headers.setter
     def headers(self, value: Pairs) -> None:
-        self._headers = Headers(value)
+        new = Headers(value)
+        _ = self.headers  # the originals, to know what changed
+        self._headers = new
 
     @property
     def args(self) -> Args:
-        return self._args
+        args = self._args
+        if args is None:
+            assert self._load_args is not None
+            self._orig_args = self._load_args()
+            args = self._args = Args._trusted(list(self._orig_args))
+        return args
 
     @args.setter
     def args(self, value: Pairs) -> None:
-        self._args = Args(value)
+        new = Args(value)
+        _ = self.args
+        self._args = new
+
+    def changes(self) -> tuple[str | None, list[tuple[str, list[str] | None]], list[tuple[str, list[str] | None]]]:
+        """``(new path or None, header changes, arg changes)`` against what APISIX sent."""
+        path = self._path if self._path != self._orig_path else None
+        headers = [] if self._headers is None else self._headers.changes(self._orig_headers)
+        args = [] if self._args is None else self._args.changes(self._orig_args)
+        return path, headers, args
 
     @property
     def body(self) -> bytes | str:

@@ -18,7 +18,7 @@ No sockets here.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from .errors import DecodeError, ErrCode
@@ -133,13 +133,16 @@ class PrepareConf(NamedTuple):
 
 
 class ReqCall(NamedTuple):
+    """The request line and token; ``headers()``/``args()`` decode on demand (most plugins
+    never read most of them, and decoding them dominated a call)."""
+
     id: int
     conf_token: int
     method: str
     path: str
     src_ip: bytes
-    args: list[tuple[str, str]]
-    headers: list[tuple[str, str]]
+    args: Callable[[], list[tuple[str, str]]]
+    headers: Callable[[], list[tuple[str, str]]]
 
 
 class RespCall(NamedTuple):
@@ -163,6 +166,16 @@ def parse_prepare_conf(payload: bytes) -> PrepareConf:
         raise DecodeError(f"PrepareConf.Req: {e}") from None
 
 
+def _lazy_entries(t: _Table, slot: int, what: str) -> Callable[[], list[tuple[str, str]]]:
+    def load() -> list[tuple[str, str]]:
+        try:
+            return _present(t.entries(slot))
+        except struct.error as e:
+            raise DecodeError(f"HTTPReqCall.Req {what}: {e}") from None
+
+    return load
+
+
 def parse_req_call(payload: bytes) -> ReqCall:
     """``A6.HTTPReqCall.Req``."""
     try:
@@ -174,8 +187,8 @@ def parse_req_call(payload: bytes) -> ReqCall:
             method=METHODS[method] if method < len(METHODS) else f"METHOD_{method}",
             path=t.text(3) or "/",
             src_ip=t.bytes(1) or b"",
-            args=_present(t.entries(4)),
-            headers=_present(t.entries(5)),
+            args=_lazy_entries(t, 4, "args"),
+            headers=_lazy_entries(t, 5, "headers"),
         )
     except struct.error as e:
         raise DecodeError(f"HTTPReqCall.Req: {e}") from None

@@ -173,21 +173,21 @@ def test_req_call_example_from_the_protocol_decodes_every_field() -> None:
     assert call.method == "GET"
     assert call.path == "/hello"
     assert call.src_ip == b"\x7f\x00\x00\x01"
-    assert sorted(call.args) == [("flag", ""), ("x", "1")]
-    assert call.headers == [("host", "localhost")]
+    assert sorted(call.args()) == [("flag", ""), ("x", "1")]
+    assert call.headers() == [("host", "localhost")]
 
 
 def test_req_call_valueless_arg_reads_as_empty_string_next_to_empty_and_repeated_args() -> None:
     # ?xx=y&xx=z&y=&z as APISIX sends it (protocol.md §5.2): z has no value field.
     args = [("xx", "y"), ("xx", "z"), ("y", ""), ("z", None)]
     call = messages.parse_req_call(_req(method="PUT", args=args))
-    assert call.args == [("xx", "y"), ("xx", "z"), ("y", ""), ("z", "")]
+    assert call.args() == [("xx", "y"), ("xx", "z"), ("y", ""), ("z", "")]
 
 
 def test_req_call_repeated_headers_are_kept_in_order() -> None:
     headers = [("connection", "close"), ("host", "localhost"), ("x-req", "foo"), ("x-req", "bar"), ("x-resp", "cat")]
     call = messages.parse_req_call(_req(headers=headers))
-    assert call.headers == headers
+    assert call.headers() == headers
 
 
 def test_req_call_non_utf8_bytes_round_trip_losslessly() -> None:
@@ -197,12 +197,12 @@ def test_req_call_non_utf8_bytes_round_trip_losslessly() -> None:
     payload = _req(path=raw_path, headers=[("x-raw", raw_value)], args=[(raw_arg, raw_arg)])
     call = messages.parse_req_call(payload)
     assert call.path.encode("utf-8", "surrogateescape") == raw_path
-    assert call.headers[0][1].encode("utf-8", "surrogateescape") == raw_value
-    assert call.args[0][0].encode("utf-8", "surrogateescape") == raw_arg
+    assert call.headers()[0][1].encode("utf-8", "surrogateescape") == raw_value
+    assert call.args()[0][0].encode("utf-8", "surrogateescape") == raw_arg
 
     # ... and the same bytes go back out in a Rewrite.
     reply = messages.encode_rewrite(
-        1, path=call.path, headers=[call.headers[0]], args=[call.args[0]], resp_headers=[call.headers[0]]
+        1, path=call.path, headers=[call.headers()[0]], args=[call.args()[0]], resp_headers=[call.headers()[0]]
     )
     action = ReqCallResp.GetRootAs(reply, 0).Action()
     rewrite = Rewrite()
@@ -246,8 +246,8 @@ def test_req_call_carries_id_and_token_up_to_uint32_max() -> None:
 
 def test_req_call_empty_args_and_headers_decode_as_empty_lists() -> None:
     call = messages.parse_req_call(_req(args=[], headers=[]))
-    assert call.args == []
-    assert call.headers == []
+    assert call.args() == []
+    assert call.headers() == []
 
 
 # --- HTTPRespCall.Req -------------------------------------------------------------
@@ -528,9 +528,17 @@ def test_extra_info_resp_body_question_decodes_like_the_protocol_example() -> No
 # Garbage and truncation: DecodeError (Err BAD_REQUEST) or a parse, nothing else
 # =============================================================================
 
+
+def _parse_req_call_fully(payload: bytes) -> messages.ReqCall:
+    """Headers and args are decoded on first use: force it."""
+    call = messages.parse_req_call(payload)
+    call.headers(), call.args()
+    return call
+
+
 PARSERS = {
     "prepare_conf": messages.parse_prepare_conf,
-    "req_call": messages.parse_req_call,
+    "req_call": _parse_req_call_fully,
     "resp_call": messages.parse_resp_call,
     "extra_info_resp": messages.parse_extra_info_resp,
 }
@@ -579,7 +587,7 @@ def _vector_length_position(payload: bytes, vt_entry: int) -> int:
 
 # (parser, payload, vtable offsets of its vector and string fields)
 _FORGEABLE = [
-    (messages.parse_req_call, _req(args=[("a", "1")], headers=[("h", "v")], path="/p"), (6, 10, 12, 14)),
+    (_parse_req_call_fully, _req(args=[("a", "1")], headers=[("h", "v")], path="/p"), (6, 10, 12, 14)),
     (messages.parse_prepare_conf, prepare_conf_req([("a", "1")], "key"), (4, 6)),
     (messages.parse_resp_call, resp_call_req(id=1, token=2, status=200, headers=[("A", "b")]), (8,)),
     (messages.parse_extra_info_resp, extra_info_resp(b"body"), (4,)),
