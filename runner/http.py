@@ -16,6 +16,7 @@ Rules:
 
 from __future__ import annotations
 
+import builtins
 import enum
 import ipaddress
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -58,11 +59,16 @@ class MultiDict:
     ``(name, value)`` pairs in order.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_touched")
 
     def __init__(self, items: Pairs = ()) -> None:
         self._items: list[tuple[str, str]] = []
+        # Names changed since construction, folded; None = compare every name.
+        # ``changes`` looks only at these, so a call that sets one header costs
+        # one name's comparison, not a diff of every header.
+        self._touched: set[str] | None = set()
         self.extend(items)
+        self._touched = set()  # filling it is not a change
 
     @staticmethod
     def _fold(name: str) -> str:
@@ -73,6 +79,7 @@ class MultiDict:
         # For pairs decoded from APISIX's FlatBuffer: nginx already refused CR/LF/NUL.
         self = cls.__new__(cls)
         self._items = items
+        self._touched = set()
         return self
 
     def extend(self, items: Pairs) -> None:
@@ -85,6 +92,11 @@ class MultiDict:
         if not name:
             raise ValueError("names must not be empty")
         self._items.append((_text(name, "names"), _text(value, "values")))
+        self._touch(name)
+
+    def _touch(self, name: str) -> None:
+        if self._touched is not None:
+            self._touched.add(self._fold(name))
 
     def set(self, name: str, value: object) -> None:
         """Replace every value of ``name`` by ``value``, keeping the first one's position."""
@@ -96,14 +108,19 @@ class MultiDict:
             raise ValueError("names must not be empty")
         key = self._fold(name)
         fold = self._fold
-        at = next((i for i, (n, _) in enumerate(self._items) if fold(n) == key), len(self._items))
-        kept = [item for item in self._items if fold(item[0]) != key]
-        self._items = kept[:at] + new + kept[at:]
+        at = next((i for i, (n, _) in enumerate(self._items) if fold(n) == key), None)
+        if at is None:
+            self._items += new
+        else:
+            kept = [item for item in self._items if fold(item[0]) != key]
+            self._items = kept[:at] + new + kept[at:]
+        self._touch(name)
 
     def remove(self, name: str) -> None:
         """Drop every value of ``name``; no error if there is none."""
         key = self._fold(name)
         self._items = [item for item in self._items if self._fold(item[0]) != key]
+        self._touch(name)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         key = self._fold(name)
@@ -134,6 +151,11 @@ class MultiDict:
 
     def copy(self) -> Self:
         return self._trusted(list(self._items))
+
+    def replaced_all(self) -> Self:
+        """Mark every name as possibly changed (the whole mapping was assigned)."""
+        self._touched = None
+        return self
 
     def __getitem__(self, name: str) -> str:
         value = self.get(name)
@@ -175,8 +197,11 @@ class MultiDict:
         Names whose values (in order) are unchanged are left out, so a read-only
         plugin yields nothing.
         """
-        before = self._group(original)
-        after = self._group(self._items)
+        touched = self._touched
+        if touched is not None and not touched:
+            return []
+        before = self._group(original, touched)
+        after = self._group(self._items, touched)
         out: list[tuple[str, list[str] | None]] = []
         for key, (name, values) in after.items():
             old = before.get(key)
@@ -187,10 +212,13 @@ class MultiDict:
                 out.append((name, None))
         return out
 
-    def _group(self, items: list[tuple[str, str]]) -> dict[str, tuple[str, list[str]]]:
+    def _group(self, items: list[tuple[str, str]], only: builtins.set[str] | None) -> dict[str, tuple[str, list[str]]]:
         groups: dict[str, tuple[str, list[str]]] = {}
+        fold = self._fold
         for n, v in items:
-            groups.setdefault(self._fold(n), (n, []))[1].append(v)
+            key = fold(n)
+            if only is None or key in only:
+                groups.setdefault(key, (n, []))[1].append(v)
         return groups
 
 
@@ -336,7 +364,7 @@ class Request:
 
     @headers.setter
     def headers(self, value: Pairs) -> None:
-        new = Headers(value)
+        new = Headers(value).replaced_all()
         _ = self.headers  # the originals, to know what changed
         self._headers = new
 
@@ -351,7 +379,7 @@ class Request:
 
     @args.setter
     def args(self, value: Pairs) -> None:
-        new = Args(value)
+        new = Args(value).replaced_all()
         _ = self.args
         self._args = new
 

@@ -115,7 +115,36 @@ class _Table:
 
     def entries(self, slot: int) -> list[tuple[str, str | None]]:
         """A ``[TextEntry]`` field as ``(name, value)`` pairs; ``value`` is ``None`` when absent."""
-        return [(e.text(0) or "", e.text(1)) for e in self.tables(slot)]
+        vec = self._vector(slot, 4)
+        return [] if vec is None else _text_entries(self._buf, *vec)
+
+
+def _text_entries(buf: bytes, start: int, count: int) -> list[tuple[str, str | None]]:
+    # The hot decode path (every header of every request a plugin reads): the
+    # TextEntry tables are walked inline, with the same checks as ``_Table``.
+    size = len(buf)
+    out: list[tuple[str, str | None]] = []
+    for p in range(start, start + 4 * count, 4):
+        table = p + _u32(buf, p)[0]
+        vt = table - _i32(buf, table)[0]
+        if vt < 0:
+            raise DecodeError(f"vtable offset {vt} outside a {size}-byte payload")
+        vt_len = _u16(buf, vt)[0]
+        name = value = None
+        if vt_len >= 6 and (offset := _u16(buf, vt + 4)[0]):
+            name = _string_at(buf, table + offset, size)
+        if vt_len >= 8 and (offset := _u16(buf, vt + 6)[0]):
+            value = _string_at(buf, table + offset, size)
+        out.append((name or "", value))
+    return out
+
+
+def _string_at(buf: bytes, at: int, size: int) -> str:
+    start = at + _u32(buf, at)[0]
+    end = start + 4 + _u32(buf, start)[0]
+    if end > size:
+        raise DecodeError("string runs past the payload")
+    return buf[start + 4 : end].decode("utf-8", "surrogateescape")
 
 
 def _root(payload: bytes) -> _Table:
