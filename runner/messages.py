@@ -17,6 +17,7 @@ No sockets here.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -343,66 +344,90 @@ def _finish(out: bytearray, root: int) -> bytes:
     return bytes(out)
 
 
-def _scalars(*values: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(present slots, cells) for leading scalar slots; zeros are left out, as builders do."""
-    present = tuple(slot for slot, v in enumerate(values) if v)
-    return present, tuple(values[slot] for slot in present)
-
-
 def encode_err(code: ErrCode) -> bytes:
     """``A6.Err.Resp{code}``: never empty, even for code 0 (an empty table)."""
-    out = _new_buffer()
-    return _finish(out, _table(out, 1, *_scalars(int(code))))
+    return _encode(1, (int(code),), ())
 
 
 def encode_prepare_conf_resp(token: int) -> bytes:
-    out = _new_buffer()
-    return _finish(out, _table(out, 1, *_scalars(token)))
+    return _encode(1, (token,), ())
 
 
 def encode_no_action(id: int) -> bytes:
     """``HTTPReqCall.Resp{id}`` without an action: APISIX lets the request go on unchanged."""
+    return _encode(3, (id,), ())
+
+
+def _write_child(out: bytearray, child: object) -> None:
+    if isinstance(child, bytes):
+        _byte_vector(out, child)
+    elif isinstance(child, str):
+        _string(out, _b(child))
+    else:
+        _entries(out, child)  # type: ignore[arg-type]
+
+
+# A reply's fixed part (root offset, root table, action table) depends only on
+# which fields are present, so it is built once per shape and copied; each call
+# then patches its scalars and appends its children.
+Shape = tuple[bytes, tuple[int, ...], tuple[int, ...]]  # prefix, scalar cells, child link cells
+
+
+def _cells(table: int, first: int, count: int) -> tuple[int, ...]:
+    return tuple(table + 4 + 4 * i for i in range(first, first + count))
+
+
+@functools.cache
+def _root_shape(slots: int, scalar_slots: tuple[int, ...], child_slots: tuple[int, ...]) -> Shape:
     out = _new_buffer()
-    return _finish(out, _table(out, 3, *_scalars(id)))
+    root = _table(out, slots, scalar_slots + child_slots, (0,) * (len(scalar_slots) + len(child_slots)))
+    _patch_u32(out, 0, root)
+    return bytes(out), _cells(root, 0, len(scalar_slots)), _cells(root, len(scalar_slots), len(child_slots))
 
 
-def _with_children(
-    out: bytearray, slots: int, scalars: tuple[int, ...], children: tuple[object, ...]
-) -> tuple[int, list[tuple[int, object]]]:
-    """A table with leading ``scalars`` (zeros left out) then offset fields for the truthy
-    ``children``; returns the table and ``(cell index, child)`` for each child to write."""
-    present, cells = _scalars(*scalars)
-    linked = [(len(scalars) + k, child) for k, child in enumerate(children) if child]
-    table = _table(out, slots, present + tuple(slot for slot, _ in linked), cells + (0,) * len(linked))
-    return table, [(len(present) + k, child) for k, (_, child) in enumerate(linked)]
+@functools.cache
+def _req_call_shape(
+    action_type: int, has_id: bool, slots: int, scalar_slots: tuple[int, ...], child_slots: tuple[int, ...]
+) -> Shape:
+    out = _new_buffer()
+    present, cells = ((0, 1, 2), (0, action_type, 0)) if has_id else ((1, 2), (action_type, 0))
+    root = _table(out, 3, present, cells)
+    action = _table(out, slots, scalar_slots + child_slots, (0,) * (len(scalar_slots) + len(child_slots)))
+    _link(out, root, len(present) - 1, action)
+    _patch_u32(out, 0, root)
+    scalar_cells = _cells(root, 0, int(has_id)) + _cells(action, 0, len(scalar_slots))
+    return bytes(out), scalar_cells, _cells(action, len(scalar_slots), len(child_slots))
 
 
-def _write_children(out: bytearray, table: int, children: list[tuple[int, object]]) -> None:
-    for index, child in children:
-        _link(out, table, index)
-        if isinstance(child, bytes):
-            _byte_vector(out, child)
-        elif isinstance(child, str):
-            _string(out, _b(child))
-        else:
-            _entries(out, child)  # type: ignore[arg-type]
+def _fill(shape: Shape, scalars: list[int], children: list[object]) -> bytes:
+    prefix, scalar_cells, child_cells = shape
+    out = bytearray(prefix)
+    for cell, value in zip(scalar_cells, scalars, strict=True):
+        _patch_u32(out, cell, value)
+    for cell, child in zip(child_cells, children, strict=True):
+        _patch_u32(out, cell, len(out) - cell)
+        _write_child(out, child)
+    return bytes(out)
 
 
-def _req_call_resp(
-    action_type: int, id: int, slots: int, scalars: tuple[int, ...], children: tuple[object, ...]
+def _encode(
+    slots: int, scalars: tuple[int, ...], children: tuple[object, ...], action_type: int = 0, id: int = 0
 ) -> bytes:
-    out = _new_buffer()
-    present, cells = _scalars(id, action_type)
-    root = _table(out, 3, present + (2,), cells + (0,))
-    action, linked = _with_children(out, slots, scalars, children)
-    _link(out, root, len(present), action)
-    _write_children(out, action, linked)
-    return _finish(out, root)
+    """A table of leading ``scalars`` then offset ``children`` (zeros and empties left out),
+    as the root, or with ``action_type`` as the action of an ``HTTPReqCall.Resp{id}``."""
+    scalar_slots = tuple(slot for slot, value in enumerate(scalars) if value)
+    child_slots = tuple(len(scalars) + k for k, child in enumerate(children) if child)
+    values = [value for value in scalars if value]
+    kids = [child for child in children if child]
+    if not action_type:
+        return _fill(_root_shape(slots, scalar_slots, child_slots), values, kids)
+    shape = _req_call_shape(action_type, bool(id), slots, scalar_slots, child_slots)
+    return _fill(shape, [id, *values] if id else values, kids)
 
 
 def encode_stop(id: int, status: int, headers: Entries, body: bytes | None) -> bytes:
     """``HTTPReqCall.Resp`` with a Stop: APISIX answers the client with it (an empty body cannot be sent)."""
-    return _req_call_resp(_ACTION_STOP, id, 3, (status,), (headers, body))
+    return _encode(3, (status,), (headers, body), _ACTION_STOP, id)
 
 
 def encode_rewrite(
@@ -418,15 +443,12 @@ def encode_rewrite(
 
     Empty values are left out: APISIX treats an empty path as present and cannot set an empty body.
     """
-    return _req_call_resp(_ACTION_REWRITE, id, 5, (), (path, headers, args, resp_headers, body))
+    return _encode(5, (), (path, headers, args, resp_headers, body), _ACTION_REWRITE, id)
 
 
 def encode_resp_call_resp(id: int, status: int, headers: Entries, body: bytes | None) -> bytes:
     """``A6.HTTPRespCall.Resp``: id 0, status 1 (0 = keep upstream's), headers 2, body 3."""
-    out = _new_buffer()
-    root, linked = _with_children(out, 4, (id, status), (headers, body))
-    _write_children(out, root, linked)
-    return _finish(out, root)
+    return _encode(4, (id, status), (headers, body))
 
 
 def _extra_info_req(kind: InfoKind, name: bytes | None) -> bytes:
