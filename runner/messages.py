@@ -43,10 +43,15 @@ _u32 = struct.Struct("<I").unpack_from
 _i32 = struct.Struct("<i").unpack_from
 
 
+# A vtable's field offsets, read in one unpack (the schema's tables have at most 7 slots).
+_MAX_SLOTS = 8
+_vtable_readers = [struct.Struct(f"<{n}H").unpack_from for n in range(_MAX_SLOTS + 1)]
+
+
 class _Table:
     """A FlatBuffers table whose every read is checked against the buffer."""
 
-    __slots__ = ("_buf", "_pos", "_vt", "_vt_len")
+    __slots__ = ("_buf", "_pos", "_offsets")
 
     def __init__(self, buf: bytes, pos: int) -> None:
         size = len(buf)
@@ -60,16 +65,14 @@ class _Table:
             raise DecodeError(f"vtable of {vt_len} bytes does not fit the payload")
         self._buf = buf
         self._pos = pos
-        self._vt = vt
-        self._vt_len = vt_len
+        self._offsets: tuple[int, ...] = _vtable_readers[min((vt_len - 4) // 2, _MAX_SLOTS)](buf, vt + 4)
 
     def _field(self, slot: int) -> int:
         """Absolute position of field ``slot``, or 0 if absent."""
-        entry = 4 + 2 * slot
-        if entry >= self._vt_len:
-            return 0
-        offset: int = _u16(self._buf, self._vt + entry)[0]
-        return self._pos + offset if offset else 0
+        offsets = self._offsets
+        if slot < len(offsets) and offsets[slot]:
+            return self._pos + offsets[slot]
+        return 0
 
     def u8(self, slot: int) -> int:
         at = self._field(slot)
@@ -314,24 +317,33 @@ def _b(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
+# TextEntry tables have two shapes (with and without a value); their vtables
+# and the offsets from cells to the strings that follow are fixed.
+_ENTRY_VT = struct.pack("<4H", 8, 12, 4, 8)  # name at +4, value at +8
+_ENTRY_VT_NO_VALUE = b"\0\0" + struct.pack("<3H", 6, 8, 4)
+_ENTRY_NO_VALUE = struct.pack("<iI", 6, 4)  # soffset, name cell -> the string right after
+_pack_entry = struct.Struct("<iII").pack  # soffset, name cell, value cell
+
+
 def _entries(out: bytearray, pairs: Entries) -> None:
     """A ``[TextEntry]`` vector; an entry whose value is ``None`` has no value field."""
     vector = len(out)
     out += _pack_u32(len(pairs))
     out += bytes(4 * len(pairs))
     for i, (name, value) in enumerate(pairs):
-        slot = vector + 4 + 4 * i
+        cell = vector + 4 + 4 * i
+        raw = _b(name)
         if value is None:
-            table = _table(out, 2, (0,), (0,))
-            _patch_u32(out, slot, table - slot)
-            _link(out, table, 0)
-            _string(out, _b(name))
+            out += _ENTRY_VT_NO_VALUE
+            _patch_u32(out, cell, len(out) - cell)
+            out += _ENTRY_NO_VALUE
+            _string(out, raw)
         else:
-            table = _table(out, 2, (0, 1), (0, 0))
-            _patch_u32(out, slot, table - slot)
-            _link(out, table, 0)
-            _string(out, _b(name))
-            _link(out, table, 1)
+            out += _ENTRY_VT
+            _patch_u32(out, cell, len(out) - cell)
+            # value cell -> past the name string: 4 (rest of the table) + the string's size
+            out += _pack_entry(8, 8, 8 + len(raw) + 4 - (len(raw) & 3))
+            _string(out, raw)
             _string(out, _b(value))
 
 
