@@ -13,6 +13,7 @@ import struct
 
 import flatbuffers
 import pytest
+import vectors
 from A6.Err.Resp import Resp as ErrResp
 from A6.ExtraInfo.Req import Req as ExtraInfoReq
 from A6.ExtraInfo.Var import Var as ExtraInfoVar
@@ -39,72 +40,18 @@ from runner.testing import (
 
 # --- protocol.md §12 payloads (frame headers stripped) -------------------------
 
-PREPARE_CONF_REQ = bytes.fromhex(
-    """
-    04 00 00 00 c8 ff ff ff 08 00 00 00
-    28 00 00 00 1d 00 00 00 72 6f 75 74 65 23 31 23
-    65 78 74 2d 70 6c 75 67 69 6e 2d 70 72 65 2d 72
-    65 71 23 34 32 00 00 00 01 00 00 00 0c 00 00 00
-    08 00 0c 00 08 00 04 00 08 00 00 00 08 00 00 00
-    18 00 00 00 0d 00 00 00 7b 22 62 6f 64 79 22 3a
-    22 68 69 22 7d 00 00 00 03 00 00 00 73 61 79 00
-    """
-)
-REQ_CALL_REQ = bytes.fromhex(
-    """
-    18 00 00 00 00 00 12 00 18 00 00 00
-    10 00 00 00 0c 00 08 00 04 00 14 00 12 00 00 00
-    6c 00 00 00 24 00 00 00 14 00 00 00 08 00 00 00
-    01 00 00 00 04 00 00 00 7f 00 00 01 06 00 00 00
-    2f 68 65 6c 6c 6f 00 00 02 00 00 00 24 00 00 00
-    0c 00 00 00 00 00 06 00 08 00 04 00 06 00 00 00
-    04 00 00 00 04 00 00 00 66 6c 61 67 00 00 00 00
-    dc ff ff ff 08 00 00 00 0c 00 00 00 01 00 00 00
-    31 00 00 00 01 00 00 00 78 00 00 00 01 00 00 00
-    0c 00 00 00 08 00 0c 00 08 00 04 00 08 00 00 00
-    08 00 00 00 14 00 00 00 09 00 00 00 6c 6f 63 61
-    6c 68 6f 73 74 00 00 00 04 00 00 00 68 6f 73 74
-    00 00 00 00
-    """
-)
-PREPARE_CONF_RESP_TOKEN_1 = bytes.fromhex("0c 00 00 00 00 00 06 00 08 00 04 00 06 00 00 00 01 00 00 00")
-ERR_CONF_TOKEN_NOT_FOUND = bytes.fromhex("0c 00 00 00 00 00 06 00 08 00 07 00 06 00 00 00 00 00 00 02")
-ERR_BAD_REQUEST = bytes.fromhex("08 00 00 00 04 00 04 00 04 00 00 00")
-NO_ACTION = bytes.fromhex("08 00 00 00 04 00 04 00 04 00 00 00")
-STOP_403 = bytes.fromhex(
-    """
-    10 00 00 00 00 00 0a 00 0a 00 00 00
-    09 00 04 00 0a 00 00 00 10 00 00 00 00 01 0a 00
-    10 00 0e 00 08 00 04 00 0a 00 00 00 3c 00 00 00
-    08 00 00 00 00 00 93 01 01 00 00 00 0c 00 00 00
-    08 00 0c 00 08 00 04 00 08 00 00 00 08 00 00 00
-    0c 00 00 00 03 00 00 00 66 6f 6f 00 06 00 00 00
-    58 2d 52 65 73 70 00 00 06 00 00 00 64 65 6e 69
-    65 64 00 00
-    """
-)
-EXTRA_INFO_VAR_REMOTE_ADDR = bytes.fromhex(
-    """
-    0c 00 00 00 08 00 0a 00 09 00 04 00 08 00 00 00 0c 00 00 00 00 01 06 00
-    08 00 04 00 06 00 00 00 04 00 00 00 0b 00 00 00 72 65 6d 6f 74 65 5f 61 64 64 72 00
-    """
-)
-EXTRA_INFO_RESULT_127 = bytes.fromhex(
-    """
-    0c 00 00 00 00 00 06 00 08 00 04 00 06 00 00 00 04 00 00 00 09 00 00 00
-    31 32 37 2e 30 2e 30 2e 31 00 00 00
-    """
-)
-EXTRA_INFO_NO_RESULT = bytes.fromhex("08 00 00 00 04 00 04 00 04 00 00 00")
-EXTRA_INFO_RESP_BODY = bytes.fromhex(
-    "0c 00 00 00 08 00 0c 00 0b 00 04 00 08 00 00 00 0c 00 00 00 00 00 00 03 04 00 04 00 04 00 00 00"
-)
-RESP_CALL_RESP_201_CAT = bytes.fromhex(
-    """
-    10 00 00 00 0c 00 10 00 04 00 0a 00 00 00 0c 00 0c 00 00 00
-    07 00 00 00 00 00 c9 00 04 00 00 00 03 00 00 00 63 61 74 00
-    """
-)
+PREPARE_CONF_REQ = vectors.payload("prepare_conf_req")
+REQ_CALL_REQ = vectors.payload("req_call_req")
+PREPARE_CONF_RESP_TOKEN_1 = vectors.payload("prepare_conf_resp")
+ERR_CONF_TOKEN_NOT_FOUND = vectors.payload("err_conf_token_not_found")
+ERR_BAD_REQUEST = vectors.payload("err_bad_request")
+NO_ACTION = vectors.payload("req_call_resp_no_action")
+STOP_403 = vectors.payload("req_call_resp_stop")
+EXTRA_INFO_VAR_REMOTE_ADDR = vectors.payload("extra_info_req_var")
+EXTRA_INFO_RESULT_127 = vectors.payload("extra_info_resp_result")
+EXTRA_INFO_NO_RESULT = vectors.payload("extra_info_resp_absent")
+EXTRA_INFO_RESP_BODY = vectors.payload("extra_info_req_resp_body")
+RESP_CALL_RESP_201_CAT = vectors.payload("resp_call_resp")
 
 
 def _req(**overrides: object) -> bytes:

@@ -105,10 +105,10 @@ def test_first_stop_ends_the_chain(apisix: ApisixClient) -> None:
 
 
 def test_seed_style_plugin_works_unchanged(apisix: ApisixClient) -> None:
-    token = apisix.prepare_conf([("say", "{}")])
+    token = apisix.prepare_conf([("tag", '{"tag": "seed", "stop": true}')])
     reply = apisix.http_req_call(token, headers=[("host", "example.com")])
-    assert (reply.action, reply.status, reply.body) == ("stop", 201, b"Hello, Python Runner of APISIX")
-    assert ("X-Resp-A6-Runner", "Python") in reply.headers
+    assert (reply.action, reply.status, reply.body) == ("stop", 201, b"tagged")
+    assert reply.headers == [("host", "example.com"), ("X-Tag", "seed")]
     token = apisix.prepare_conf([("Tag", '{"tag": "seed"}')], key="route#2#ext-plugin-pre-req#1")
     reply = apisix.http_req_call(token)
     assert (reply.action, reply.headers) == ("rewrite", [("X-Tag", "seed")])
