@@ -12,14 +12,21 @@ class Rewrite(Plugin):
     name = "rewrite"
 
     def configure(self, config):
+        # Checked here, once per route conf, so a bad conf is refused when APISIX
+        # prepares it instead of failing every request.
         config = config or {}
         if not isinstance(config, dict):
             raise ValueError("conf must be a JSON object")
-        return {
-            "path": config.get("path", "/a6/python/runner"),
-            "header": tuple(config.get("header", ("X-A6-Runner", "Python"))),
-            "arg": tuple(config.get("arg", ("a6_runner", "Python"))),
-        }
+        path = config.get("path", "/a6/python/runner")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError('"path" must be an absolute path')
+        pairs = {}
+        for key, default in (("header", ["X-A6-Runner", "Python"]), ("arg", ["a6_runner", "Python"])):
+            pair = config.get(key, default)
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) and x for x in pair)):
+                raise ValueError(f'"{key}" must be [name, value]')
+            pairs[key] = tuple(pair)
+        return {"path": path, **pairs}
 
     def filter(self, request, response):
         request.path = self.config["path"]

@@ -88,8 +88,10 @@ def check(config: Config) -> int:
         if config.socket is not None:
             check_socket_path(config.socket)
             print(f"socket {config.socket} (mode {config.socket_mode:04o}): ok")
-        elif os.environ.get("LISTEN_FDS") is None:
-            raise RunnerError("socket: no address given (--socket, or APISIX_LISTEN_ADDRESS=unix:/path)")
+        else:
+            # Fine under systemd (ExecStartPre gets no LISTEN_FDS; ExecStart will) or
+            # when APISIX spawns the runner; `run` refuses to start without one.
+            print("socket: none configured (run needs --socket, APISIX_LISTEN_ADDRESS or systemd's socket)")
         registry = load_plugins(config.plugins)
     except RunnerError as e:
         print(f"error: {e}")
@@ -116,9 +118,7 @@ def health(address: str, timeout: float) -> int:
     return 0
 
 
-def _parent_watch(mode: str) -> bool:
-    if mode != "auto":
-        return mode == "yes"
+def _stdin_is_pipe() -> bool:
     try:  # APISIX's ngx.pipe gives its child a pipe for stdin; a terminal, systemd or docker does not
         return stat.S_ISFIFO(os.fstat(0).st_mode)
     except OSError:
@@ -159,8 +159,10 @@ def serve(config: Config) -> int:
         accept.start()
         where = "inherited socket" if inherited else config.socket
         log.info("serving on %s with %d plugin(s): %s", where, len(registry), ", ".join(registry.names()) or "none")
-        parent = os.getppid() if _parent_watch(config.exit_with_parent) else None
-        if parent is not None:
+        piped = _stdin_is_pipe()
+        watch = config.exit_with_parent == "yes" or (config.exit_with_parent == "auto" and piped)
+        parent = os.getppid() if watch else None
+        if watch and piped:  # EOF on the parent's pipe is the quickest sign it is gone
             threading.Thread(target=_watch_stdin, args=(events,), name="parent-watch", daemon=True).start()
 
         def status() -> str:
@@ -196,10 +198,12 @@ def serve(config: Config) -> int:
         # the whole shutdown has to fit in APISIX's 1 s before SIGKILL.
         stopper = threading.Thread(target=server.shutdown, name="stop-accept")
         stopper.start()
-        if not server.stop_connections(config.drain_timeout):
-            log.warning("exiting with calls still in flight after %.1f s", config.drain_timeout)
+        server.close_idle_connections()
         stopper.join()
         accept.join()
+        server.server_close()  # the listener and our socket path go now, not after the drain
+        if not server.wait_for_calls(config.drain_timeout):
+            log.warning("exiting with calls still in flight after %.1f s", config.drain_timeout)
         if endpoint is not None:
             endpoint.shutdown()
     return 0

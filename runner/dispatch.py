@@ -33,13 +33,25 @@ log = logging.getLogger(__name__)
 Exchange = Callable[[bytes], bytes]
 
 _ERR_FRAMES = {code: frame.encode(MessageType.ERROR, messages.encode_err(code)) for code in ErrCode}
-_TYPE_NAMES = {t.value: t.name.lower() for t in MessageType}
+# Metric labels; anything else a peer sends counts as "other".
+_TYPE_NAMES = {
+    t.value: t.name.lower() for t in (MessageType.PREPARE_CONF, MessageType.HTTP_REQ_CALL, MessageType.HTTP_RESP_CALL)
+}
 
-# Never passed to APISIX in a response-phase header list: nginx frames the body
-# itself, and a stale Content-Length with a rewritten body breaks the response.
+# Never passed to APISIX in a response's header list (Stop or response phase):
+# nginx frames the body itself, and a stale Content-Length with another body
+# breaks the response. APISIX applies Stop headers without an exclusion list.
 _HOP_BY_HOP = frozenset(
     ("connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "content-length")
 )
+# APISIX silently ignores these in a Rewrite's resp_headers (protocol.md §5.3 step 4).
+_RESP_HEADERS_IGNORED = frozenset(
+    (
+        "connection", "content-length", "transfer-encoding", "location", "server", "www-authenticate",
+        "content-encoding", "content-type", "content-location", "content-language",
+    )
+)  # fmt: skip
+_warned_ignored: set[str] = set()
 
 
 class Prepared(NamedTuple):
@@ -64,8 +76,9 @@ class Dispatcher:
 
     def reload(self, registry: PluginRegistry) -> None:
         """Use ``registry`` for PrepareConfs from now on; tokens already issued keep their plugins."""
-        self.registry = registry
+        old, self.registry = self.registry, registry
         self.cache.forget_keys()
+        old.unload()
 
     def handle(self, type_: int, payload: bytes, exchange: Exchange) -> bytes:
         """The reply frame for one request frame. Raises only ``CallAbandoned``."""
@@ -84,7 +97,7 @@ class Dispatcher:
         except RunnerError as e:
             outcome = e.code.name.lower()
             if isinstance(e, PluginError):
-                extra = {"plugin": e.plugin, "request_id": e.request_id}
+                extra = {"plugin": e.plugin, "request_id": e.request_id, "conf_token": e.conf_token}
                 log.error("%s", e, exc_info=e.__cause__, extra=extra)
             elif isinstance(e, (TokenNotFound, ConfUnusable)):
                 # Expected after a restart, or a bad conf logged once when it was prepared.
@@ -98,7 +111,7 @@ class Dispatcher:
             return _ERR_FRAMES[ErrCode.SERVICE_UNAVAILABLE]
         finally:
             if self.metrics is not None:
-                self.metrics.call(_TYPE_NAMES.get(type_, "unknown"), outcome)
+                self.metrics.call(_TYPE_NAMES.get(type_, "other"), outcome)
 
     # --- PrepareConf -------------------------------------------------------
 
@@ -106,8 +119,12 @@ class Dispatcher:
         req = messages.parse_prepare_conf(payload)
         token = self.cache.find(req.key, req.conf)
         if token is None:
+            registry = self.registry
             prepared = self.prepare(req.conf)
-            token = self.cache.add(prepared, req.key, req.conf)
+            # Built with plugins a reload has replaced meanwhile: valid, but not
+            # to be found again by key (the next PrepareConf must use new code).
+            key = req.key if self.registry is registry else ""
+            token = self.cache.add(prepared, key, req.conf)
             if prepared.error:
                 # Still a token: a refused PrepareConf would make APISIX retry
                 # under its global lock; the calls on this token fail instead.
@@ -115,24 +132,26 @@ class Dispatcher:
         return messages.encode_prepare_conf_resp(token)
 
     def prepare(self, conf: list[tuple[str, str]]) -> Prepared:
-        """Instantiate and configure the plugins of one route conf, in order."""
+        """Instantiate and configure the plugins of one route conf, in order. Never raises."""
+        registry = self.registry
         chain: list[tuple[str, Plugin]] = []
         for name, value in conf:
-            cls = self.registry.get(name)
+            cls = registry.get(name)
             if cls is None:
-                return _unusable(f"unknown plugin {name!r} (loaded: {', '.join(self.registry.names()) or 'none'})")
+                return _unusable(f"unknown plugin {name!r} (loaded: {', '.join(registry.names()) or 'none'})")
             try:
                 config = json.loads(value) if value.strip() else None
-            except ValueError as e:
-                return _unusable(f"conf of plugin {name!r} is not JSON: {e}")
+            except (ValueError, RecursionError) as e:
+                return _unusable(f"conf of plugin {name!r} is not JSON: {type(e).__name__}: {e}")
             try:
                 plugin = cls()
                 plugin.config = config
                 converted = plugin.configure(config)
                 if converted is not None:
                     plugin.config = converted
-            except Exception as e:
-                return _unusable(f"plugin {name!r} rejected its conf {value!r}: {type(e).__name__}: {e}")
+            except (Exception, SystemExit) as e:
+                shown = value if len(value) <= 200 else value[:200] + "..."
+                return _unusable(f"plugin {name!r} rejected its conf {shown!r}: {type(e).__name__}: {e}")
             chain.append((name, plugin))
         return Prepared(
             tuple(p for p in chain if has_filter(p[1])),
@@ -157,7 +176,12 @@ class Dispatcher:
 
 
 def _run(
-    name: str, what: str, call_id: int, metrics: Metrics | None, fn: Callable[..., object], *args: object
+    name: str,
+    what: str,
+    call: messages.ReqCall | messages.RespCall,
+    metrics: Metrics | None,
+    fn: Callable[..., object],
+    *args: object,
 ) -> object:
     """Call one plugin method; any exception becomes ``PluginError`` (except ``CallAbandoned``)."""
     started = time.perf_counter() if metrics is not None else 0.0
@@ -171,8 +195,9 @@ def _run(
         # (headers decoded on first use, an ExtraInfo answer) that do not decode.
         failed = False
         raise
-    except Exception as e:
-        raise PluginError(name, f"plugin {name!r} raised {type(e).__name__} in {what}: {e}", call_id) from e
+    except (Exception, SystemExit) as e:  # a plugin's sys.exit() ends its call, not the process
+        message = f"plugin {name!r} raised {type(e).__name__} in {what}: {e}"
+        raise PluginError(name, message, call.id, call.conf_token) from e
     finally:
         if metrics is not None:
             metrics.plugin(name, time.perf_counter() - started, failed)
@@ -196,8 +221,9 @@ def run_request_phase(
     )
     response = Response(ask=extra)
     for name, plugin in prepared.request_chain:
-        if _run(name, "filter", call.id, metrics, call_filter, plugin, request, response):
-            return messages.encode_stop(call.id, response.status_code, response.headers.items(), response.new_body)
+        if _run(name, "filter", call, metrics, call_filter, plugin, request, response):
+            headers = [(n, v) for n, v in response.headers.items() if n.lower() not in _HOP_BY_HOP]
+            return messages.encode_stop(call.id, response.status_code, headers, response.new_body)
     return _rewrite(call, request, response)
 
 
@@ -212,12 +238,30 @@ def run_response_phase(
         upstream=True,
     )
     for name, plugin in prepared.response_chain:
-        _run(name, "response_filter", call.id, metrics, plugin.response_filter, response)
-    # Always the full header list: an empty one makes APISIX drop
-    # Content-Type and friends from the client's response.
-    headers = [(n, v) for n, v in response.headers.items() if n.lower() not in _HOP_BY_HOP]
+        _run(name, "response_filter", call, metrics, plugin.response_filter, response)
+    # Always the full header list: an empty one makes APISIX copy the
+    # upstream's headers (minus Content-Type and friends) instead.
+    headers: list[tuple[str, str | None]] = [
+        (n, v) for n, v in response.headers.items() if n.lower() not in _HOP_BY_HOP
+    ]
+    # Headers the plugins removed also get a deletion entry, so that removing
+    # the last one cannot turn into "copy every upstream header".
+    headers += [(n, None) for n, values in response.headers.changes(call.headers) if values is None]
     status = response.status_code if response.status_code != call.status else 0
     return messages.encode_resp_call_resp(call.id, status, headers, response.new_body)
+
+
+def _ignored_by_apisix(name: str) -> bool:
+    if name.lower() not in _RESP_HEADERS_IGNORED:
+        return False
+    if name.lower() not in _warned_ignored:  # once per name: a plugin bug, not per-request news
+        _warned_ignored.add(name.lower())
+        log.warning(
+            "not sending response header %s with a Rewrite: APISIX ignores it there "
+            "(set it in a Stop or in the response phase instead)",
+            name,
+        )
+    return True
 
 
 def _asker(exchange: Exchange, metrics: Metrics | None) -> Callable[[InfoKind, str], bytes | None]:
@@ -242,7 +286,7 @@ def _rewrite(call: messages.ReqCall, request: Request, response: Response) -> by
     for name, values in arg_changes:
         # APISIX: first entry of a name replaces its values, later ones append.
         args.extend([(name, None)] if values is None else [(name, v) for v in values])
-    resp_headers = response.headers.items()
+    resp_headers = [(n, v) for n, v in response.headers.items() if not _ignored_by_apisix(n)]
     body = request.new_body
     if path is None and not headers and not args and not resp_headers and not body:
         return messages.encode_no_action(call.id)

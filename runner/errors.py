@@ -45,10 +45,11 @@ class ConfUnusable(RunnerError):
 class PluginError(RunnerError):
     """A plugin raised while handling a call; the plugin's exception is ``__cause__``."""
 
-    def __init__(self, plugin: str, message: str, request_id: int = 0) -> None:
+    def __init__(self, plugin: str, message: str, request_id: int = 0, conf_token: int = 0) -> None:
         super().__init__(message)
         self.plugin = plugin
         self.request_id = request_id
+        self.conf_token = conf_token
 
 
 class ReplyTooLarge(RunnerError):

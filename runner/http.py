@@ -19,6 +19,7 @@ from __future__ import annotations
 import builtins
 import enum
 import ipaddress
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Self, Union
 
@@ -36,11 +37,21 @@ class InfoKind(enum.IntEnum):
 #: ``ask(kind, var_name)`` returns APISIX's answer, ``None`` when it sent no result.
 Ask = Callable[[InfoKind, str], bytes | None]
 
+
 def _text(value: object, what: str) -> str:
-    text = value if isinstance(value, str) else str(value)
+    if isinstance(value, str):
+        text = value
+    elif value is None:
+        raise TypeError(f"{what} must not be None (to remove a name, use del)")
+    else:
+        text = str(value)
     if "\n" in text or "\r" in text or "\0" in text:
         raise ValueError(f"{what} must not contain CR, LF or NUL: {text!r}")
     return text
+
+
+# RFC 9110 token characters: anything else in a header name makes nginx refuse it.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 Pairs = Union["MultiDict", Mapping[str, object], Iterable[tuple[str, object]]]
@@ -71,6 +82,12 @@ class MultiDict:
     def _fold(name: str) -> str:
         return name
 
+    @staticmethod
+    def _name(name: str) -> str:
+        if not name:
+            raise ValueError("names must not be empty")
+        return _text(name, "names")
+
     @classmethod
     def _trusted(cls, items: list[tuple[str, str]]) -> Self:
         # For pairs decoded from APISIX's FlatBuffer: nginx already refused CR/LF/NUL.
@@ -86,9 +103,7 @@ class MultiDict:
             self.add(name, value)
 
     def add(self, name: str, value: object) -> None:
-        if not name:
-            raise ValueError("names must not be empty")
-        self._items.append((_text(name, "names"), _text(value, "values")))
+        self._items.append((self._name(name), _text(value, "values")))
         self._touch(name)
 
     def _touch(self, name: str) -> None:
@@ -100,9 +115,8 @@ class MultiDict:
         self.setlist(name, [value])
 
     def setlist(self, name: str, values: Iterable[object]) -> None:
-        new = [(_text(name, "names"), _text(v, "values")) for v in values]
-        if not name:
-            raise ValueError("names must not be empty")
+        name = self._name(name)
+        new = [(name, _text(v, "values")) for v in values]
         key = self._fold(name)
         fold = self._fold
         at = next((i for i, (n, _) in enumerate(self._items) if fold(n) == key), None)
@@ -230,6 +244,12 @@ class Headers(MultiDict):
     @staticmethod
     def _fold(name: str) -> str:
         return name.lower()
+
+    @staticmethod
+    def _name(name: str) -> str:
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"not a valid header name: {name!r}")
+        return name
 
 
 class Args(MultiDict):
@@ -425,7 +445,7 @@ class Response:
     upstream's, ``body`` is fetched from APISIX on first read; change any of them.
     """
 
-    __slots__ = ("status_code", "_headers", "_body", "_body_set", "_body_kind", "_extra")
+    __slots__ = ("_status", "_headers", "_body", "_body_set", "_body_kind", "_extra")
 
     def __init__(
         self,
@@ -436,7 +456,8 @@ class Response:
         ask: Ask | None = None,
         upstream: bool = False,
     ) -> None:
-        self.status_code = status_code
+        # An upstream status is APISIX's to report; only plugins' values are checked.
+        self._status = status_code
         self._headers = headers if isinstance(headers, Headers) else Headers(headers)
         self._body: bytes | str | None = body
         self._body_set = False
@@ -446,12 +467,23 @@ class Response:
         self._extra = ExtraCache.of(ask)
 
     @property
+    def status_code(self) -> int:
+        return self._status
+
+    @status_code.setter
+    def status_code(self, value: int) -> None:
+        # The wire field is 16 bits: 65939 would silently reach the client as 403.
+        if not isinstance(value, int) or isinstance(value, bool) or not 100 <= value <= 599:
+            raise ValueError(f"status_code must be an HTTP status (100-599): {value!r}")
+        self._status = value
+
+    @property
     def headers(self) -> Headers:
         return self._headers
 
     @headers.setter
     def headers(self, value: Pairs) -> None:
-        self._headers = Headers(value)
+        self._headers = Headers(value).replaced_all()
 
     @property
     def body(self) -> bytes | str | None:
@@ -477,4 +509,4 @@ class Response:
         return self._extra.var(name)
 
     def __repr__(self) -> str:
-        return f"<Response {self.status_code}>"
+        return f"<Response {self._status}>"

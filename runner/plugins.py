@@ -18,6 +18,7 @@ decision for the *current call* in thread-local state, never on the instance.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import sys
 import threading
@@ -64,22 +65,36 @@ class Plugin:
         return None
 
     def stop(self) -> None:
-        """End the request with ``response`` (status, headers, body) instead of proxying it."""
-        _decision.stop = True
+        """End the request with ``response`` (status, headers, body) instead of proxying it.
+
+        Call it from the thread running ``filter``: the decision belongs to that call.
+        """
+        _decide(True)
 
     def rewrite(self) -> None:
         """Let the request go on upstream with this call's changes (the default)."""
-        _decision.stop = False
+        _decide(False)
 
 
 Base = Plugin  # the seed runner's name for the base class
 
 
+def _decide(stop: bool) -> None:
+    if getattr(_decision, "stop", None) is None:
+        # From another thread the call it belongs to is unknowable; failing
+        # loudly beats a stop() that silently lets the request through.
+        raise RuntimeError("stop()/rewrite() must be called from the thread running filter()")
+    _decision.stop = stop
+
+
 def call_filter(plugin: Plugin, request: Request, response: Response) -> bool:
     """Run ``plugin.filter`` and return whether it asked to stop."""
     _decision.stop = False
-    plugin.filter(request, response)
-    return bool(_decision.stop)
+    try:
+        plugin.filter(request, response)
+        return bool(_decision.stop)
+    finally:
+        _decision.stop = None
 
 
 def has_filter(plugin: Plugin) -> bool:
@@ -98,9 +113,17 @@ def plugin_name(cls: type[Plugin]) -> str:
 class PluginRegistry:
     """Plugin classes by (lower-cased) name, with the file each came from."""
 
-    def __init__(self) -> None:
+    def __init__(self, package: str = "") -> None:
         self._classes: dict[str, type[Plugin]] = {}
         self._files: dict[str, str] = {}
+        self.package = package  # the private package its files were imported as
+
+    def unload(self) -> None:
+        """Forget the modules of this load (after a reload replaced it). Live plugin
+        instances keep their classes; only the import bookkeeping goes."""
+        if self.package:
+            for name in [m for m in sys.modules if m == self.package or m.startswith(self.package + ".")]:
+                del sys.modules[name]
 
     def register(self, cls: type[Plugin], path: str = "<code>") -> str:
         """Add ``cls``; return its name. Rejects duplicates and classes that define no filter."""
@@ -113,6 +136,10 @@ class PluginRegistry:
             )
         if cls.filter is Plugin.filter and cls.response_filter is Plugin.response_filter:
             raise PluginLoadError(path, f"{cls.__name__} defines neither filter() nor response_filter()")
+        for method in ("filter", "response_filter", "configure"):
+            if inspect.iscoroutinefunction(getattr(cls, method)) or inspect.isasyncgenfunction(getattr(cls, method)):
+                # Never awaited, it would do nothing and let every request through.
+                raise PluginLoadError(path, f"{cls.__name__}.{method} must be a plain function, not async")
         self._classes[name] = cls
         self._files[name] = path
         return name
@@ -152,7 +179,16 @@ def load_plugins(directory: str | Path) -> PluginRegistry:
     package = types.ModuleType(prefix)
     package.__path__ = [str(root)]
     sys.modules[prefix] = package
-    registry = PluginRegistry()
+    registry = PluginRegistry(prefix)
+    try:
+        _load_into(registry, root, prefix)
+    except BaseException:
+        registry.unload()
+        raise
+    return registry
+
+
+def _load_into(registry: PluginRegistry, root: Path, prefix: str) -> None:
     for path in sorted(root.glob("*.py")):
         if path.name.startswith("_"):
             continue
@@ -165,9 +201,7 @@ def load_plugins(directory: str | Path) -> PluginRegistry:
         try:
             spec.loader.exec_module(module)
         except Exception as e:
-            del sys.modules[module_name]
             raise PluginLoadError(str(path), f"import failed: {type(e).__name__}: {e}") from e
         for obj in vars(module).values():
             if isinstance(obj, type) and issubclass(obj, Plugin) and obj.__module__ == module_name:
                 registry.register(obj, str(path))
-    return registry

@@ -12,9 +12,9 @@ Threading rules:
   whatever the fragmentation, ``None`` at EOF on a frame boundary, and raises
   ``FrameError`` at EOF inside a frame.
 
-Shutdown rules: ``stop_connections`` marks the server closing, shuts down the
-connections that sit idle between calls, and waits (bounded) for calls in
-flight to be answered; each busy connection closes after its reply.
+Shutdown rules: ``close_idle_connections`` marks the server closing and shuts
+down the connections that sit idle between calls; each busy connection closes
+after its reply, and ``wait_for_calls`` waits (bounded) for those replies.
 
 Socket path rules: refuse a path that exists and is not a socket; bind under a
 temporary name, chmod, then ``rename`` onto the path, so the path never exists
@@ -39,8 +39,8 @@ from .frame import Frame, FrameDecoder, MessageType, encode
 
 log = logging.getLogger(__name__)
 
-# Per recv; no buffer is kept per connection, so thousands of idle pooled
-# connections cost little memory.
+# Per recv; the receive buffer is allocated per read rather than kept per
+# connection, so thousands of idle pooled connections cost little memory.
 _RECV_SIZE = 64 * 1024
 _SUN_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 
@@ -48,7 +48,7 @@ _SUN_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 class RunnerServer(socketserver.ThreadingUnixStreamServer):
     """Serves APISIX connections on a Unix socket; see the module docstring for the rules."""
 
-    daemon_threads = True  # shutdown drains calls itself (stop_connections), bounded in time
+    daemon_threads = True  # shutdown drains calls itself (wait_for_calls), bounded in time
     block_on_close = False
     request_queue_size = 1024  # a full backlog makes APISIX's non-blocking connect fail at once
 
@@ -95,24 +95,31 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
         self.socket.bind(temp)
-        os.chmod(temp, self.mode)
-        if self.group is not None:
-            os.chown(temp, -1, self.group)
-        if temp != path:
-            os.rename(temp, path)
+        try:
+            os.chmod(temp, self.mode)
+            if self.group is not None:
+                os.chown(temp, -1, self.group)
+            if temp != path:
+                os.rename(temp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
         st = os.stat(path)
         self._inode = (st.st_dev, st.st_ino)
 
     def server_close(self) -> None:
+        """Close the listener and remove our socket path (idempotent)."""
         super().server_close()
-        if self._inode is None:  # inherited: its owner removes it
+        inode, self._inode = self._inode, None
+        if inode is None:  # inherited (its owner removes it), or already done
             return
         path = str(self.server_address)
         try:
             st = os.stat(path)
         except FileNotFoundError:
             return
-        if (st.st_dev, st.st_ino) == self._inode:
+        if (st.st_dev, st.st_ino) == inode:
             os.unlink(path)
         else:
             log.info("not removing %s: another runner has bound it since", path)
@@ -161,13 +168,17 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
         with self._lock:
             return self._busy
 
-    def stop_connections(self, timeout: float) -> bool:
-        """Close idle connections, wait up to ``timeout`` s for calls in flight; ``True`` if all ended."""
+    def close_idle_connections(self) -> None:
+        """Start stopping: close the connections idle between calls; busy ones close after their reply."""
         with self._lock:
             self.closing = True
             for conn in self._connections:
                 if not conn.busy:
                     conn.close_idle()
+
+    def wait_for_calls(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the calls in flight to be answered; ``True`` if all were."""
+        with self._lock:
             return self._drained.wait_for(lambda: self._busy == 0, timeout)
 
 
@@ -180,8 +191,6 @@ class Connection(socketserver.BaseRequestHandler):
     def setup(self) -> None:
         self.busy = False
         self._decoder = FrameDecoder()
-        self._in_call = False
-        self._abandoned = False
 
     def handle(self) -> None:
         server = self.server
@@ -195,15 +204,15 @@ class Connection(socketserver.BaseRequestHandler):
                 if received is None:
                     return
                 server._call_started(self)
-                self._in_call, self._abandoned = True, False
+                call = _Call(self)
                 try:
-                    reply = dispatch(received.type, received.payload, self._exchange)
+                    reply = dispatch(received.type, received.payload, call.exchange)
                 except CallAbandoned as e:
                     log.debug("call abandoned: %s", e)
                     return
                 finally:
-                    self._in_call = False
-                if self._abandoned:  # a plugin swallowed CallAbandoned: still send nothing
+                    call.close()
+                if call.abandoned:  # a plugin swallowed CallAbandoned: still send nothing
                     return
                 sock.sendall(reply)
                 if not server._call_ended(self):
@@ -227,28 +236,49 @@ class Connection(socketserver.BaseRequestHandler):
             decoder.feed(data)
         return received
 
-    def _exchange(self, question: bytes) -> bytes:
-        """Ask APISIX one ExtraInfo question on this connection and return its answer's payload."""
-        if not self._in_call:
-            raise RuntimeError("ExtraInfo can only be asked while a call is being handled")
-        if self._abandoned:
-            raise CallAbandoned("the connection was already given up")
-        try:
-            self.request.sendall(encode(MessageType.EXTRA_INFO, question))
-            answer = self.read_frame()
-        except (OSError, FrameError) as e:
-            self._abandoned = True
-            raise CallAbandoned(f"connection lost while waiting for ExtraInfo: {e}") from None
-        if answer is None or answer.type != MessageType.EXTRA_INFO:
-            self._abandoned = True
-            got = "EOF" if answer is None else f"a type-{answer.type} frame"
-            raise CallAbandoned(f"APISIX answered an ExtraInfo question with {got}")
-        return answer.payload
-
     def close_idle(self) -> None:
         # Wakes the thread blocked in recv with EOF; called with the server lock held.
         with contextlib.suppress(OSError):
             self.request.shutdown(socket.SHUT_RDWR)
+
+
+class _Call:
+    """One call's line to APISIX for ExtraInfo questions, valid only while the call is open.
+
+    Questions go one at a time (a plugin may ask from several threads), and a
+    request object kept past its call cannot ask inside a later call.
+    """
+
+    __slots__ = ("_conn", "_lock", "_open", "abandoned")
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._open = True
+        self.abandoned = False
+
+    def close(self) -> None:
+        with self._lock:  # waits for a question in flight, so its frames never mix with the reply
+            self._open = False
+
+    def exchange(self, question: bytes) -> bytes:
+        """Ask APISIX one ExtraInfo question on the call's connection; return its answer's payload."""
+        with self._lock:
+            if not self._open:
+                raise RuntimeError("this call has ended: ExtraInfo can only be asked while it is handled")
+            if self.abandoned:
+                raise CallAbandoned("the connection was already given up")
+            try:
+                self._conn.request.sendall(encode(MessageType.EXTRA_INFO, question))
+                answer = self._conn.read_frame()
+            except (OSError, FrameError) as e:
+                self.abandoned = True
+                raise CallAbandoned(f"connection lost while waiting for ExtraInfo: {e}") from None
+            if answer is None or answer.type != MessageType.EXTRA_INFO:
+                self.abandoned = True
+                got = "EOF" if answer is None else f"a type-{answer.type} frame"
+                raise CallAbandoned(f"APISIX answered an ExtraInfo question with {got}")
+            return answer.payload
 
 
 def check_socket_path(path: str) -> None:

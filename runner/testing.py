@@ -54,11 +54,6 @@ __all__ = [
     "run_response_filter",
 ]
 
-METHODS = (
-    "GET", "HEAD", "POST", "PUT", "DELETE", "MKCOL", "COPY", "MOVE", "OPTIONS",
-    "PROPFIND", "PROPPATCH", "LOCK", "UNLOCK", "PATCH", "TRACE",
-)  # fmt: skip
-
 Pairs = Sequence[tuple[str, str | None]]
 
 
@@ -122,7 +117,7 @@ def req_call_req(*, id: int, token: int, method: str, path: str, args: Pairs, he
     b.PrependUOffsetTRelativeSlot(5, hv, 0)
     b.PrependUOffsetTRelativeSlot(4, av, 0)
     b.PrependUOffsetTRelativeSlot(3, p, 0)
-    b.PrependUint8Slot(2, METHODS.index(method), 0)
+    b.PrependUint8Slot(2, messages.METHODS.index(method), 0)
     b.PrependUOffsetTRelativeSlot(1, ip, 0)
     b.PrependUint32Slot(0, id, 0)
     return _done(b, b.EndObject())
@@ -328,8 +323,7 @@ class ApisixClient:
         return b"".join(chunks)
 
     def read_frame(self) -> tuple[int, bytes]:
-        header = self.recv_exactly(HEADER_LEN)
-        type_, size = header[0], int.from_bytes(header[1:], "big")
+        type_, size = frame.decode_header(self.recv_exactly(HEADER_LEN))
         if size == 0:
             raise ProtocolViolation(f"type-{type_} frame with a zero-length payload (APISIX answers 500)")
         return type_, self.recv_exactly(size)

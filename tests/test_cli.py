@@ -111,6 +111,11 @@ def test_check_lists_every_plugin_with_its_file_and_exits_0(short_dir: Path) -> 
     assert not (short_dir / "r.sock").exists()  # check binds nothing
 
 
+def test_check_without_a_socket_passes_for_systemd_exec_start_pre() -> None:
+    result = cli("check", "--plugins", str(EXAMPLE_PLUGINS), env={"APISIX_LISTEN_ADDRESS": ""})
+    assert result.returncode == 0 and "socket: none configured" in result.stdout
+
+
 def test_check_fails_on_a_broken_plugin(short_dir: Path) -> None:
     (short_dir / "bad.py").write_text("syntax error here\n")
     result = cli("check", "--socket", str(short_dir / "r.sock"), "--plugins", str(short_dir))
@@ -343,6 +348,14 @@ def test_runner_exits_when_the_process_that_spawned_it_dies(short_dir: Path) -> 
             os.kill(runner_pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_exit_with_parent_yes_keeps_running_while_the_parent_lives() -> None:
+    # stdin is /dev/null here (as under systemd or docker): EOF on it must not count as "parent gone".
+    with RunnerProcess(TEST_PLUGINS, args=["--exit-with-parent", "yes"]) as proc, proc.client() as c:
+        time.sleep(0.3)  # give a wrong watcher time to fire
+        assert proc.proc is not None and proc.proc.poll() is None
+        assert c.http_req_call(c.prepare_conf(None)).action == "none"
 
 
 # --- observability ---------------------------------------------------------------------

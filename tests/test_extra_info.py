@@ -97,8 +97,19 @@ def test_response_phase_header_change(apisix: ApisixClient) -> None:
         )
     )
     reply = apisix.http_resp_call(token, headers=UPSTREAM)
-    assert reply.headers == [("Content-Type", "application/json"), ("x-upstream", "changed"), ("X-New", "1")]
+    assert reply.headers == [
+        ("Content-Type", "application/json"),
+        ("x-upstream", "changed"),
+        ("X-New", "1"),
+        ("Set-Cookie", None),  # deleted: an entry without a value
+    ]
     assert (reply.status, reply.body) == (0, None)
+
+
+def test_response_phase_deleting_the_only_header_still_sends_a_deletion(apisix: ApisixClient) -> None:
+    token = apisix.prepare_conf(act(resp={"del_headers": ["X-Internal-Secret"]}))
+    reply = apisix.http_resp_call(token, headers=[("X-Internal-Secret", "s"), ("Content-Length", "2")])
+    assert reply.headers == [("X-Internal-Secret", None)]  # never empty, which would copy every upstream header
 
 
 def test_response_phase_status_change(apisix: ApisixClient) -> None:
@@ -171,3 +182,21 @@ def test_wrong_frame_type_instead_of_an_answer_abandons_the_call(apisix_runner: 
     with apisix_runner.client() as c:
         assert c.http_req_call(token, vars={"host": "h"}).headers == [("X-Host", "<h>")]
     assert "Traceback" not in apisix_runner.log[log_start:]
+
+
+def test_questions_from_several_plugin_threads_are_answered_one_at_a_time(apisix: ApisixClient) -> None:
+    names = {f"v{i}": f"X-V{i}" for i in range(8)}
+    token = apisix.prepare_conf(act(threaded_vars=names))
+    for _ in range(10):
+        reply = apisix.http_req_call(token, vars={n: n.upper() for n in names})
+        assert dict(reply.headers) == {h: f"<{n.upper()}>" for n, h in names.items()}
+        assert sorted(reply.asked) == sorted(("var", n) for n in names)
+
+
+def test_a_request_kept_past_its_call_cannot_ask_inside_another(apisix: ApisixClient) -> None:
+    keep = apisix.prepare_conf(act(stash=True))
+    use = apisix.prepare_conf(act(use_stash=True), key="route#2#ext-plugin-pre-req#1")
+    assert apisix.http_req_call(keep).err is None
+    reply = apisix.http_req_call(use, vars={"host": "other call"})
+    assert reply.err == ErrCode.SERVICE_UNAVAILABLE
+    assert reply.asked == []  # nothing went out on the wire for the stale request

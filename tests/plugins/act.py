@@ -2,7 +2,8 @@
 
 Request phase keys: path, set_headers {n: v}, add_headers [[n, v]], del_headers [n],
 set_args, add_args, del_args (same shapes), body (new request body), read (touch
-everything, change nothing), vars_to_headers {var: header}, body_digest (header
+everything, change nothing), vars_to_headers {var: header}, threaded_vars (the same, asked from one thread each),
+stash (keep this request), use_stash (ask a var through the kept request), body_digest (header
 name: set it to "<len>:<sha256>" of the request body), resp_headers [[n, v]],
 stop {status, headers [[n, v]], body, repeat (body repeated n times)}, raise (message).
 Response phase keys, under "resp": set_headers, add_headers, del_headers,
@@ -11,8 +12,11 @@ vars_to_headers, raise.
 """
 
 import hashlib
+import threading
 
 from runner import Plugin
+
+_stash = []
 
 
 class Act(Plugin):
@@ -46,6 +50,21 @@ class Act(Plugin):
         for var, header in c.get("vars_to_headers", {}).items():
             value = request.var(var)
             request.headers[header] = "<absent>" if value is None else f"<{value}>"
+        if "threaded_vars" in c:  # ask every var at once, each from its own thread
+            answers = {}
+            threads = [
+                threading.Thread(target=lambda v=v: answers.__setitem__(v, request.var(v))) for v in c["threaded_vars"]
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            for var, header in c["threaded_vars"].items():
+                request.headers[header] = f"<{answers[var]}>"
+        if c.get("stash"):
+            _stash.append(request)
+        if c.get("use_stash"):
+            request.headers["X-Stale"] = str(_stash.pop().var("host"))
         if "body_digest" in c:
             body = request.body
             request.headers[c["body_digest"]] = f"{len(body)}:{hashlib.sha256(body).hexdigest()}"

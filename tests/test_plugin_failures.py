@@ -1,0 +1,116 @@
+"""Plugin mistakes fail their own call closed (Err SERVICE_UNAVAILABLE), never open, never the process.
+
+Run through the kit (the runner's real dispatcher and codecs); what APISIX would
+see is the ``PluginError`` turned into a 503.
+"""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from runner import Plugin
+from runner.cache import ConfCache
+from runner.dispatch import Dispatcher, Prepared
+from runner.errors import PluginError, PluginLoadError
+from runner.plugins import PluginRegistry
+from runner.testing import run_filter, run_response_filter
+
+
+def plugin(filter_body: Any, name: str = "p") -> type[Plugin]:
+    return type(name, (Plugin,), {"name": name, "filter": filter_body})
+
+
+def test_stop_called_from_another_thread_fails_closed() -> None:
+    def filter(self: Plugin, request: Any, response: Any) -> None:
+        response.status_code = 401
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(self.stop).result()  # re-raises the worker's error here
+
+    with pytest.raises(PluginError) as info:
+        run_filter(plugin(filter))
+    assert "must be called from the thread running filter()" in str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("status", [65939, 65536, 0, 99, 600, "403", True])
+def test_status_outside_http_range_is_refused(status: object) -> None:
+    def filter(self: Plugin, request: Any, response: Any) -> None:
+        response.status_code = status
+        self.stop()
+
+    with pytest.raises(PluginError, match="status_code must be an HTTP status"):
+        run_filter(plugin(filter))
+
+
+def test_response_phase_status_outside_http_range_is_refused() -> None:
+    def response_filter(self: Plugin, response: Any) -> None:
+        response.status_code = 65736
+
+    cls = type("r", (Plugin,), {"name": "r", "response_filter": response_filter})
+    with pytest.raises(PluginError):
+        run_response_filter(cls, headers=[("Content-Type", "text/plain")])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda r: r.headers.__setitem__("X-A", None),
+        lambda r: r.args.add("a", None),
+        lambda r: r.headers.__setitem__("Bad Name", "v"),
+        lambda r: r.headers.add("X:Colon", "v"),
+        lambda r: r.headers.__setitem__("X-Split", "a\r\nInjected: 1"),
+    ],
+    ids=["none-header", "none-arg", "space-in-name", "colon-in-name", "crlf-in-value"],
+)
+def test_values_that_would_corrupt_the_request_are_refused(change: Any) -> None:
+    def filter(self: Plugin, request: Any, response: Any) -> None:
+        change(request)
+
+    with pytest.raises(PluginError):
+        run_filter(plugin(filter))
+
+
+def test_sys_exit_in_a_plugin_ends_only_its_call() -> None:
+    def filter(self: Plugin, request: Any, response: Any) -> None:
+        sys.exit(3)
+
+    with pytest.raises(PluginError, match="SystemExit"):
+        run_filter(plugin(filter))
+
+
+def test_deeply_nested_json_conf_is_a_rejected_conf_not_a_crash() -> None:
+    registry = PluginRegistry()
+    registry.register(plugin(lambda self, request, response: None))
+    prepared = Dispatcher(registry, ConfCache[Prepared](60)).prepare([("p", "[" * 100_000)])
+    assert prepared.error is not None and "RecursionError" in prepared.error
+
+
+def test_async_filter_is_refused_at_load_time() -> None:
+    async def filter(self: Plugin, request: Any, response: Any) -> None:
+        self.stop()
+
+    with pytest.raises(PluginLoadError, match="must be a plain function"):
+        PluginRegistry().register(plugin(filter))
+
+
+def test_rewrite_drops_response_headers_apisix_would_ignore() -> None:
+    def filter(self: Plugin, request: Any, response: Any) -> None:
+        response.headers["Content-Type"] = "application/json"
+        response.headers["Location"] = "/elsewhere"
+        response.headers["X-Ok"] = "1"
+
+    out = run_filter(plugin(filter))
+    assert out.resp_headers == [("X-Ok", "1")]
+
+
+def test_stop_never_carries_framing_headers() -> None:
+    def filter(self: Plugin, request: Any, response: Any) -> None:
+        response.headers = request.headers  # the seed's idiom copies everything
+        response.body = "short"
+        self.stop()
+
+    out = run_filter(plugin(filter), headers={"Content-Length": "9999", "Transfer-Encoding": "chunked", "X-A": "1"})
+    assert out.headers == [("x-a", "1")]
