@@ -30,7 +30,7 @@ from .plugins import Plugin, PluginRegistry, call_filter, has_filter, has_respon
 log = logging.getLogger(__name__)
 
 #: Sends an ExtraInfo.Req payload on the call's connection and returns the ExtraInfo.Resp payload.
-Exchange = Callable[[bytes], bytes]
+Exchange = Callable[[bytes], messages.Buffer]
 
 _ERR_FRAMES = {code: frame.encode(MessageType.ERROR, messages.encode_err(code)) for code in ErrCode}
 # Metric labels; anything else a peer sends counts as "other".
@@ -80,7 +80,7 @@ class Dispatcher:
         self.cache.forget_keys()
         old.unload()
 
-    def handle(self, type_: int, payload: bytes, exchange: Exchange) -> bytes:
+    def handle(self, type_: int, payload: messages.Buffer, exchange: Exchange) -> bytes:
         """The reply frame for one request frame. Raises only ``CallAbandoned``."""
         outcome = "ok"
         try:
@@ -115,7 +115,7 @@ class Dispatcher:
 
     # --- PrepareConf -------------------------------------------------------
 
-    def _prepare_conf(self, payload: bytes) -> bytes:
+    def _prepare_conf(self, payload: messages.Buffer) -> bytes:
         req = messages.parse_prepare_conf(payload)
         token = self.cache.find(req.key, req.conf)
         if token is None:
@@ -166,11 +166,11 @@ class Dispatcher:
 
     # --- HTTPReqCall -------------------------------------------------------
 
-    def _req_call(self, payload: bytes, exchange: Exchange) -> bytes:
+    def _req_call(self, payload: messages.Buffer, exchange: Exchange) -> bytes:
         call = messages.parse_req_call(payload)
         return run_request_phase(self._lookup(call.conf_token), call, exchange, self.metrics)
 
-    def _resp_call(self, payload: bytes, exchange: Exchange) -> bytes:
+    def _resp_call(self, payload: messages.Buffer, exchange: Exchange) -> bytes:
         call = messages.parse_resp_call(payload)
         return run_response_phase(self._lookup(call.conf_token), call, exchange, self.metrics)
 

@@ -45,7 +45,7 @@ class MessageType(enum.IntEnum):
 
 class Frame(NamedTuple):
     type: int  # a MessageType value, or any other byte a peer sent
-    payload: bytes
+    payload: bytes | bytearray
 
 
 def encode(type_: int, payload: bytes) -> bytes:
@@ -86,9 +86,33 @@ class FrameDecoder:
         end = HEADER_LEN + (word & MAX_PAYLOAD)
         if len(buf) < end:
             return None
-        payload = bytes(buf[HEADER_LEN:end])
+        with memoryview(buf) as view:  # one copy out, not two (a bytearray slice copies too)
+            payload = bytes(view[HEADER_LEN:end])
         del buf[:end]
         return Frame(word >> 24, payload)
+
+    def missing(self) -> int:
+        """Bytes still needed to complete the frame being received (0 if one is complete)."""
+        buf = self._buf
+        if len(buf) < HEADER_LEN:
+            return HEADER_LEN - len(buf)
+        size: int = _HEADER.unpack_from(buf)[0] & MAX_PAYLOAD
+        return max(0, HEADER_LEN + size - len(buf))
+
+    def take_partial(self) -> tuple[int, bytearray, int]:
+        """Hand over an incomplete frame whose header has arrived: ``(type, payload
+        buffer of its full size, bytes already in it)``; the decoder is left empty.
+
+        For big frames the caller receives the rest straight into the buffer,
+        which saves copying a body of up to 16 MiB twice more.
+        """
+        buf = self._buf
+        word = _HEADER.unpack_from(buf)[0]
+        payload = bytearray(word & MAX_PAYLOAD)
+        have = len(buf) - HEADER_LEN
+        payload[:have] = memoryview(buf)[HEADER_LEN:]
+        buf.clear()
+        return word >> 24, payload, have
 
     @property
     def pending(self) -> int:

@@ -25,6 +25,9 @@ from typing import NamedTuple
 from .errors import DecodeError, ErrCode
 from .http import InfoKind
 
+#: A payload as received: ``bytes``, or the ``bytearray`` a big frame was read into.
+Buffer = bytes | bytearray
+
 #: ``[TextEntry]`` as ``(name, value)`` pairs; a ``None`` value is an absent one.
 Entries = Sequence[tuple[str, str | None]]
 
@@ -53,7 +56,7 @@ class _Table:
 
     __slots__ = ("_buf", "_pos", "_offsets")
 
-    def __init__(self, buf: bytes, pos: int) -> None:
+    def __init__(self, buf: Buffer, pos: int) -> None:
         size = len(buf)
         if not 0 <= pos <= size - 4:
             raise DecodeError(f"table offset {pos} outside a {size}-byte payload")
@@ -100,7 +103,10 @@ class _Table:
     def bytes(self, slot: int) -> bytes | None:
         """A ``[ubyte]`` or ``string`` field; ``None`` if absent (``b""`` if empty)."""
         vec = self._vector(slot, 1)
-        return None if vec is None else self._buf[vec[0] : vec[0] + vec[1]]
+        if vec is None:
+            return None
+        with memoryview(self._buf) as view:  # one copy, whether the payload is bytes or bytearray
+            return bytes(view[vec[0] : vec[0] + vec[1]])
 
     def text(self, slot: int) -> str | None:
         raw = self.bytes(slot)
@@ -123,7 +129,7 @@ class _Table:
         return [] if vec is None else _text_entries(self._buf, *vec)
 
 
-def _text_entries(buf: bytes, start: int, count: int) -> list[tuple[str, str | None]]:
+def _text_entries(buf: Buffer, start: int, count: int) -> list[tuple[str, str | None]]:
     # The hot decode path (every header of every request a plugin reads): the
     # TextEntry tables are walked inline, with the same checks as ``_Table``.
     size = len(buf)
@@ -143,7 +149,7 @@ def _text_entries(buf: bytes, start: int, count: int) -> list[tuple[str, str | N
     return out
 
 
-def _string_at(buf: bytes, at: int, size: int) -> str:
+def _string_at(buf: Buffer, at: int, size: int) -> str:
     start = at + _u32(buf, at)[0]
     end = start + 4 + _u32(buf, start)[0]
     if end > size:
@@ -151,7 +157,7 @@ def _string_at(buf: bytes, at: int, size: int) -> str:
     return buf[start + 4 : end].decode("utf-8", "surrogateescape")
 
 
-def _root(payload: bytes) -> _Table:
+def _root(payload: Buffer) -> _Table:
     if len(payload) < 12:  # root offset + smallest vtable + table
         raise DecodeError(f"a {len(payload)}-byte payload cannot hold a FlatBuffers table")
     return _Table(payload, _u32(payload, 0)[0])
@@ -190,7 +196,7 @@ def _present(entries: Entries) -> list[tuple[str, str]]:
     return [(n, "" if v is None else v) for n, v in entries]
 
 
-def parse_prepare_conf(payload: bytes) -> PrepareConf:
+def parse_prepare_conf(payload: Buffer) -> PrepareConf:
     """``A6.PrepareConf.Req``: the route's ordered ``(plugin name, conf)`` list and its key."""
     try:
         t = _root(payload)
@@ -209,7 +215,7 @@ def _lazy_entries(t: _Table, slot: int, what: str) -> Callable[[], list[tuple[st
     return load
 
 
-def parse_req_call(payload: bytes) -> ReqCall:
+def parse_req_call(payload: Buffer) -> ReqCall:
     """``A6.HTTPReqCall.Req``."""
     try:
         t = _root(payload)
@@ -227,7 +233,7 @@ def parse_req_call(payload: bytes) -> ReqCall:
         raise DecodeError(f"HTTPReqCall.Req: {e}") from None
 
 
-def parse_resp_call(payload: bytes) -> RespCall:
+def parse_resp_call(payload: Buffer) -> RespCall:
     """``A6.HTTPRespCall.Req`` (not in a6pluginprotos 0.2.1): id 0, status 1, headers 2, token 3."""
     try:
         t = _root(payload)
@@ -236,7 +242,7 @@ def parse_resp_call(payload: bytes) -> RespCall:
         raise DecodeError(f"HTTPRespCall.Req: {e}") from None
 
 
-def parse_extra_info_resp(payload: bytes) -> bytes | None:
+def parse_extra_info_resp(payload: Buffer) -> bytes | None:
     """``A6.ExtraInfo.Resp``: the result, ``None`` when APISIX sent none (``b""`` if empty)."""
     try:
         return _root(payload).bytes(0)

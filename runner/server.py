@@ -35,7 +35,7 @@ import threading
 
 from .dispatch import Dispatcher
 from .errors import CallAbandoned, ConfigError, FrameError
-from .frame import Frame, FrameDecoder, MessageType, encode
+from .frame import HEADER_LEN, Frame, FrameDecoder, MessageType, encode
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +227,20 @@ class Connection(socketserver.BaseRequestHandler):
     def read_frame(self) -> Frame | None:
         """The next whole frame; ``None`` at a clean EOF; ``FrameError`` at EOF inside a frame."""
         decoder = self._decoder
+        sock = self.request
         while (received := decoder.next_frame()) is None:
-            data = self.request.recv(_RECV_SIZE)
+            if decoder.pending >= HEADER_LEN and decoder.missing() > _RECV_SIZE:
+                # A big frame (a body): receive the rest straight into a buffer of
+                # its size, which becomes the payload without further copies.
+                type_, payload, got = decoder.take_partial()
+                with memoryview(payload) as view:
+                    while got < len(payload):
+                        n = sock.recv_into(view[got:])
+                        if not n:
+                            raise FrameError(f"connection closed inside a frame ({len(payload) - got} bytes missing)")
+                        got += n
+                return Frame(type_, payload)
+            data = sock.recv(_RECV_SIZE)
             if not data:
                 if decoder.pending:
                     raise FrameError(f"connection closed inside a frame ({decoder.pending} bytes buffered)")
@@ -261,7 +273,7 @@ class _Call:
         with self._lock:  # waits for a question in flight, so its frames never mix with the reply
             self._open = False
 
-    def exchange(self, question: bytes) -> bytes:
+    def exchange(self, question: bytes) -> bytes | bytearray:
         """Ask APISIX one ExtraInfo question on the call's connection; return its answer's payload."""
         with self._lock:
             if not self._open:
