@@ -112,7 +112,20 @@ class MultiDict:
 
     def set(self, name: str, value: object) -> None:
         """Replace every value of ``name`` by ``value``, keeping the first one's position."""
-        self.setlist(name, [value])
+        name = self._name(name)
+        item = (name, _text(value, "values"))
+        fold = self._fold
+        key = fold(name)
+        items = self._items
+        for i, (n, _) in enumerate(items):
+            if fold(n) == key:
+                # The common case is a single value: replace it in place.
+                rest = [pair for pair in items[i + 1 :] if fold(pair[0]) != key]
+                items[i:] = [item, *rest]
+                break
+        else:
+            items.append(item)
+        self._touch(name)
 
     def setlist(self, name: str, values: Iterable[object]) -> None:
         name = self._name(name)
