@@ -75,8 +75,9 @@ class MultiDict:
         # ``changes`` looks only at these, so a call that sets one header costs
         # one name's comparison, not a diff of every header.
         self._touched: set[str] | None = set()
-        self.extend(items)
-        self._touched = set()  # filling it is not a change
+        if items:  # (skips an ABC isinstance check for the common empty case)
+            self.extend(items)
+            self._touched = set()  # filling it is not a change
 
     @staticmethod
     def _fold(name: str) -> str:

@@ -445,7 +445,13 @@ def _encode(
 
 def encode_stop(id: int, status: int, headers: Entries, body: bytes | None) -> bytes:
     """``HTTPReqCall.Resp`` with a Stop: APISIX answers the client with it (an empty body cannot be sent)."""
-    return _encode(3, (status,), (headers, body), _ACTION_STOP, id)
+    # The hottest reply: the shape lookup and fill of ``_encode``, unrolled.
+    children = [child for child in (headers, body) if child]
+    shape = _req_call_shape(
+        _ACTION_STOP, bool(id), 3, (0,) if status else (), (1,) * bool(headers) + (2,) * bool(body)
+    )
+    scalars = [id, status] if id else [status]
+    return _fill(shape, scalars if status else scalars[:-1], children)
 
 
 def encode_rewrite(
