@@ -417,7 +417,7 @@ def _req_call_shape(
     return bytes(out), scalar_cells, _cells(action, len(scalar_slots), len(child_slots))
 
 
-def _fill(shape: Shape, scalars: list[int], children: list[object]) -> bytes:
+def _fill(shape: Shape, scalars: list[int], children: Sequence[object]) -> bytes:
     prefix, scalar_cells, child_cells = shape
     out = bytearray(prefix)
     for cell, value in zip(scalar_cells, scalars, strict=True):
