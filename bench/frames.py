@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import struct
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,8 @@ PREPARE_CONF, HTTP_REQ_CALL, EXTRA_INFO, HTTP_RESP_CALL = 1, 2, 3, 4
 ACTION_STOP, ACTION_REWRITE = 1, 2
 INFO_VAR, INFO_REQ_BODY = 1, 2
 METHOD_GET, METHOD_POST = 0, 2
+
+Pairs = Sequence[tuple[str, str | None]]  # TextEntry vectors; a None value is left out
 
 # Non-zero placeholders: a zero scalar equal to the default would be left out
 # by the builder, and the load generator needs the fields present to patch them.
@@ -83,7 +86,7 @@ def _text_entry(b: flatbuffers.Builder, name: str, value: str | None) -> int:
     return b.EndObject()
 
 
-def _entries(b: flatbuffers.Builder, pairs: list[tuple[str, str | None]]) -> int:
+def _entries(b: flatbuffers.Builder, pairs: Pairs) -> int:
     offsets = [_text_entry(b, k, v) for k, v in pairs]
     b.StartVector(4, len(offsets), 4)
     for o in reversed(offsets):
@@ -96,7 +99,7 @@ def _finish(b: flatbuffers.Builder, root: int) -> bytes:
     return bytes(b.Output())
 
 
-def prepare_conf_req(conf: list[tuple[str, str]], key: str) -> bytes:
+def prepare_conf_req(conf: Pairs, key: str) -> bytes:
     b = flatbuffers.Builder(256)
     k = b.CreateString(key)
     cv = _entries(b, conf)
@@ -113,7 +116,7 @@ def prepare_conf_resp(token: int) -> bytes:
     return _finish(b, b.EndObject())
 
 
-def http_req_call_req(*, method: int, path: str, headers, args) -> bytes:
+def http_req_call_req(*, method: int, path: str, headers: Pairs, args: Pairs) -> bytes:
     b = flatbuffers.Builder(1024)
     src = b.CreateByteVector(bytes([127, 0, 0, 1]))
     p = b.CreateString(path)
@@ -130,7 +133,7 @@ def http_req_call_req(*, method: int, path: str, headers, args) -> bytes:
     return _finish(b, b.EndObject())
 
 
-def http_resp_call_req(*, status: int, headers) -> bytes:
+def http_resp_call_req(*, status: int, headers: Pairs) -> bytes:
     b = flatbuffers.Builder(512)
     hv = _entries(b, headers)
     b.StartObject(4)
@@ -141,7 +144,7 @@ def http_resp_call_req(*, status: int, headers) -> bytes:
     return _finish(b, b.EndObject())
 
 
-def stop_resp(*, status: int, headers, body: bytes) -> bytes:
+def stop_resp(*, status: int, headers: Pairs, body: bytes) -> bytes:
     b = flatbuffers.Builder(256)
     hv = _entries(b, headers)
     bv = b.CreateByteVector(body)
@@ -153,11 +156,11 @@ def stop_resp(*, status: int, headers, body: bytes) -> bytes:
     return _req_call_resp(b, ACTION_STOP, stop)
 
 
-def rewrite_resp(*, path: str | None = None, headers=(), args=()) -> bytes:
+def rewrite_resp(*, path: str | None = None, headers: Pairs = (), args: Pairs = ()) -> bytes:
     b = flatbuffers.Builder(256)
     p = b.CreateString(path) if path is not None else None
-    hv = _entries(b, list(headers)) if headers else None
-    av = _entries(b, list(args)) if args else None
+    hv = _entries(b, headers) if headers else None
+    av = _entries(b, args) if args else None
     b.StartObject(5)
     if av is not None:
         b.PrependUOffsetTRelativeSlot(2, av, 0)
@@ -177,7 +180,7 @@ def _req_call_resp(b: flatbuffers.Builder, action_type: int, action: int) -> byt
     return _finish(b, b.EndObject())
 
 
-def http_resp_call_resp(*, headers) -> bytes:
+def http_resp_call_resp(*, headers: Pairs) -> bytes:
     b = flatbuffers.Builder(512)
     hv = _entries(b, headers)
     b.StartObject(4)
@@ -251,7 +254,7 @@ class Scenario:
         return 4 + scalar_offset(self.reply[4:], 0)
 
 
-def _req_call(method: int, path: str, headers=REQUEST_HEADERS) -> bytes:
+def _req_call(method: int, path: str, headers: Pairs = REQUEST_HEADERS) -> bytes:
     return frame(HTTP_REQ_CALL, http_req_call_req(method=method, path=path, headers=headers, args=REQUEST_ARGS))
 
 
@@ -298,7 +301,8 @@ SCENARIOS = {
             request=_req_call(
                 METHOD_POST,
                 "/bench/body",
-                REQUEST_HEADERS + [("content-type", "application/octet-stream"), ("content-length", str(len(REQ_BODY)))],
+                REQUEST_HEADERS
+                + [("content-type", "application/octet-stream"), ("content-length", str(len(REQ_BODY)))],
             ),
             questions=[frame(EXTRA_INFO, extra_info_req(INFO_REQ_BODY))],
             reply=frame(HTTP_REQ_CALL, rewrite_resp(headers=[("X-Bench-Body", str(len(REQ_BODY)))])),
