@@ -447,9 +447,7 @@ def encode_stop(id: int, status: int, headers: Entries, body: bytes | None) -> b
     """``HTTPReqCall.Resp`` with a Stop: APISIX answers the client with it (an empty body cannot be sent)."""
     # The hottest reply: the shape lookup and fill of ``_encode``, unrolled.
     children = [child for child in (headers, body) if child]
-    shape = _req_call_shape(
-        _ACTION_STOP, bool(id), 3, (0,) if status else (), (1,) * bool(headers) + (2,) * bool(body)
-    )
+    shape = _req_call_shape(_ACTION_STOP, bool(id), 3, (0,) if status else (), (1,) * bool(headers) + (2,) * bool(body))
     scalars = [id, status] if id else [status]
     return _fill(shape, scalars if status else scalars[:-1], children)
 
