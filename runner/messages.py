@@ -112,17 +112,6 @@ class _Table:
         raw = self.bytes(slot)
         return None if raw is None else raw.decode("utf-8", "surrogateescape")
 
-    def table(self, slot: int) -> _Table | None:
-        at = self._field(slot)
-        return _Table(self._buf, at + _u32(self._buf, at)[0]) if at else None
-
-    def tables(self, slot: int) -> list[_Table]:
-        vec = self._vector(slot, 4)
-        if vec is None:
-            return []
-        buf = self._buf
-        return [_Table(buf, p + _u32(buf, p)[0]) for p in range(vec[0], vec[0] + 4 * vec[1], 4)]
-
     def entries(self, slot: int) -> list[tuple[str, str | None]]:
         """A ``[TextEntry]`` field as ``(name, value)`` pairs; ``value`` is ``None`` when absent."""
         vec = self._vector(slot, 4)
