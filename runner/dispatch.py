@@ -210,15 +210,7 @@ def run_request_phase(
     if not prepared.request_chain:
         return messages.encode_no_action(call.id)
     extra = ExtraCache(_asker(exchange, metrics))
-    request = Request.from_apisix(
-        id=call.id,
-        method=call.method,
-        path=call.path,
-        src_ip=call.src_ip,
-        headers=call.headers,
-        args=call.args,
-        ask=extra,
-    )
+    request = Request.from_apisix(call.id, call.method, call, extra)
     response = Response(ask=extra)
     for name, plugin in prepared.request_chain:
         if _run(name, "filter", call, metrics, call_filter, plugin, request, response):

@@ -21,7 +21,7 @@ import enum
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Self, Union
+from typing import Protocol, Self, Union
 
 __all__ = ["Args", "Ask", "Headers", "InfoKind", "MultiDict", "Request", "Response"]
 
@@ -36,6 +36,9 @@ class InfoKind(enum.IntEnum):
 
 #: ``ask(kind, var_name)`` returns APISIX's answer, ``None`` when it sent no result.
 Ask = Callable[[InfoKind, str], bytes | None]
+
+#: Returns the ``(name, value)`` pairs APISIX sent, decoded on first use.
+Loader = Callable[[], list[tuple[str, str]]]
 
 
 def _text(value: object, what: str) -> str:
@@ -67,17 +70,52 @@ class MultiDict:
     ``(name, value)`` pairs in order.
     """
 
-    __slots__ = ("_items", "_touched")
+    __slots__ = ("_items", "_touched", "_load", "_pending", "_original")
+    _items: list[tuple[str, str]]
+    _pending: list[tuple[str, str | None]]  # (name, value or None = removed)
 
     def __init__(self, items: Pairs = ()) -> None:
-        self._items: list[tuple[str, str]] = []
+        self._items = []
         # Names changed since construction, folded; None = compare every name.
         # ``changes`` looks only at these, so a call that sets one header costs
         # one name's comparison, not a diff of every header.
         self._touched: set[str] | None = set()
+        self._load: Loader | None = None  # only a ``_lazy`` mapping has a loader (and ``_pending``)
+        self._original: list[tuple[str, str]] | None = None
         if items:  # (skips an ABC isinstance check for the common empty case)
             self.extend(items)
             self._touched = set()  # filling it is not a change
+
+    @classmethod
+    def _lazy(cls, load: Loader) -> Self:
+        """A mapping of the pairs ``load()`` returns, decoded only when something reads it.
+
+        Until then ``set`` and ``remove`` are only recorded (``_pending``): a plugin
+        that just sets a header costs no decoding of the others. The first read
+        (``_items`` is still unset then) loads and replays them (``__getattr__``).
+        """
+        self = cls.__new__(cls)
+        self._touched = set()
+        self._load = load
+        self._pending = []
+        self._original = None
+        return self
+
+    def __getattr__(self, attr: str) -> list[tuple[str, str]]:
+        # Only reached for the unset ``_items`` slot of a ``_lazy`` mapping.
+        load = self._load
+        if attr != "_items" or load is None:
+            raise AttributeError(attr)
+        self._original = load()
+        self._load = None
+        self._items = list(self._original)
+        for name, value in self._pending:
+            if value is None:
+                self._remove(name)
+            else:
+                self._set(name, value)
+        self._pending.clear()
+        return self._items
 
     @staticmethod
     def _fold(name: str) -> str:
@@ -95,6 +133,8 @@ class MultiDict:
         self = cls.__new__(cls)
         self._items = items
         self._touched = set()
+        self._load = None
+        self._original = None
         return self
 
     def extend(self, items: Pairs) -> None:
@@ -114,7 +154,15 @@ class MultiDict:
     def set(self, name: str, value: object) -> None:
         """Replace every value of ``name`` by ``value``, keeping the first one's position."""
         name = self._name(name)
-        item = (name, _text(value, "values"))
+        text = _text(value, "values")
+        self._touch(name)
+        if self._load is not None:
+            self._pending.append((name, text))
+        else:
+            self._set(name, text)
+
+    def _set(self, name: str, text: str) -> None:
+        item = (name, text)
         fold = self._fold
         key = fold(name)
         items = self._items
@@ -126,7 +174,6 @@ class MultiDict:
                 break
         else:
             items.append(item)
-        self._touch(name)
 
     def setlist(self, name: str, values: Iterable[object]) -> None:
         name = self._name(name)
@@ -143,9 +190,15 @@ class MultiDict:
 
     def remove(self, name: str) -> None:
         """Drop every value of ``name``; no error if there is none."""
+        self._touch(name)
+        if self._load is not None:
+            self._pending.append((name, None))
+        else:
+            self._remove(name)
+
+    def _remove(self, name: str) -> None:
         key = self._fold(name)
         self._items = [item for item in self._items if self._fold(item[0]) != key]
-        self._touch(name)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         key = self._fold(name)
@@ -216,15 +269,29 @@ class MultiDict:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._items!r})"
 
-    def changes(self, original: list[tuple[str, str]]) -> list[tuple[str, list[str] | None]]:
-        """What differs from ``original``: ``(name, new values)``, or ``(name, None)`` if gone.
+    def _baseline(self) -> list[tuple[str, str]]:
+        """What ``changes`` compares with by default (a ``_lazy`` mapping loads it here)."""
+        _ = self._items
+        return self._original or []
+
+    def changes(self, original: list[tuple[str, str]] | None = None) -> list[tuple[str, list[str] | None]]:
+        """What differs from ``original`` (default: what a ``_lazy`` mapping loaded):
+        ``(name, new values)``, or ``(name, None)`` if gone.
 
         Names whose values (in order) are unchanged are left out, so a read-only
-        plugin yields nothing.
+        plugin yields nothing. A mapping never read reports its recorded sets
+        and removals as they are, without comparing (that would mean decoding).
         """
         touched = self._touched
         if touched is not None and not touched:
             return []
+        if self._load is not None:
+            last: dict[str, tuple[str, list[str] | None]] = {}
+            for name, value in self._pending:
+                last[self._fold(name)] = (name, None if value is None else [value])
+            return list(last.values())
+        if original is None:
+            original = self._baseline()
         before = self._group(original, touched)
         after = self._group(self._items, touched)
         out: list[tuple[str, list[str] | None]] = []
@@ -303,8 +370,15 @@ def _to_bytes(body: bytes | bytearray | str) -> bytes:
     return body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body)
 
 
-#: Returns the ``(name, value)`` pairs APISIX sent, decoded on first use.
-Loader = Callable[[], list[tuple[str, str]]]
+class Source(Protocol):
+    """What ``Request.from_apisix`` reads from a decoded HTTPReqCall, each part on demand."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def src_ip(self) -> bytes: ...
+    def headers(self) -> list[tuple[str, str]]: ...
+    def args(self) -> list[tuple[str, str]]: ...
 
 
 class Request:
@@ -315,10 +389,12 @@ class Request:
     first time it is read; assigning it replaces the body sent upstream.
     """
 
-    __slots__ = (
-        "id", "method", "_path", "_orig_path", "_src_ip", "_headers", "_orig_headers", "_load_headers",
-        "_args", "_orig_args", "_load_args", "_body", "_body_set", "_extra",
-    )  # fmt: skip
+    __slots__ = ("id", "method", "_path", "_orig_path", "_src_ip", "_headers", "_args", "_body", "_body_set",
+                 "_extra", "_source")  # fmt: skip
+    # None until decoded (``from_apisix``); ``_path`` also until set.
+    _path: str | None
+    _orig_path: str | None
+    _src_ip: str | bytes | None
 
     def __init__(
         self,
@@ -334,40 +410,37 @@ class Request:
     ) -> None:
         self.id = id
         self.method = method
+        self._source: Source | None = None
         self.path = path
-        self._orig_path = path
+        self._orig_path = self._path
         self._src_ip = src_ip
         self._headers: Headers | None = Headers(headers)
-        self._orig_headers = self._headers.items()
+        self._headers._original = self._headers.items()
         self._args: Args | None = Args(args)
-        self._orig_args = self._args.items()
-        self._load_headers: Loader | None = None
-        self._load_args: Loader | None = None
+        self._args._original = self._args.items()
         self._body: bytes | str | None = body
         self._body_set = False
         self._extra = ExtraCache.of(ask)
 
     @classmethod
-    def from_apisix(
-        cls, *, id: int, method: str, path: str, src_ip: bytes, headers: Loader, args: Loader, ask: Ask | None
-    ) -> Request:
-        """A request whose headers and args are decoded only if a plugin touches them."""
+    def from_apisix(cls, id: int, method: str, source: Source, ask: Ask | None) -> Request:
+        """A request whose path, address, headers and args are decoded only if a plugin uses them."""
         self = cls.__new__(cls)
         self.id = id
         self.method = method
-        self._path = self._orig_path = path  # trusted: nginx's own path
-        self._src_ip = src_ip
-        self._headers = self._args = None
-        self._load_headers = headers
-        self._load_args = args
-        self._body = None
+        self._source = source
+        self._path = self._orig_path = self._src_ip = self._headers = self._args = self._body = None
         self._body_set = False
         self._extra = ExtraCache.of(ask)
         return self
 
     @property
     def path(self) -> str:
-        return self._path
+        path = self._path
+        if path is None:
+            assert self._source is not None
+            path = self._path = self._orig_path = self._source.path  # trusted: nginx's own path
+        return path
 
     @path.setter
     def path(self, value: str) -> None:
@@ -380,45 +453,54 @@ class Request:
     @property
     def src_ip(self) -> str:
         """The client's address (IPv4 or IPv6) as text."""
-        if isinstance(self._src_ip, bytes):
-            self._src_ip = str(ipaddress.ip_address(self._src_ip)) if len(self._src_ip) in (4, 16) else ""
-        return self._src_ip
+        ip = self._src_ip
+        if ip is None:
+            assert self._source is not None
+            ip = self._source.src_ip
+        if isinstance(ip, bytes):
+            ip = self._src_ip = str(ipaddress.ip_address(ip)) if len(ip) in (4, 16) else ""
+        return ip
 
     @property
     def headers(self) -> Headers:
         headers = self._headers
         if headers is None:
-            assert self._load_headers is not None
-            self._orig_headers = self._load_headers()
-            headers = self._headers = Headers._trusted(list(self._orig_headers))
+            assert self._source is not None
+            headers = self._headers = Headers._lazy(self._source.headers)
         return headers
 
     @headers.setter
     def headers(self, value: Pairs) -> None:
         new = Headers(value).replaced_all()
-        _ = self.headers  # the originals, to know what changed
+        new._original = self.headers._baseline()  # to know what changed
         self._headers = new
 
     @property
     def args(self) -> Args:
         args = self._args
         if args is None:
-            assert self._load_args is not None
-            self._orig_args = self._load_args()
-            args = self._args = Args._trusted(list(self._orig_args))
+            assert self._source is not None
+            args = self._args = Args._lazy(self._source.args)
         return args
 
     @args.setter
     def args(self, value: Pairs) -> None:
         new = Args(value).replaced_all()
-        _ = self.args
+        new._original = self.args._baseline()
         self._args = new
 
     def changes(self) -> tuple[str | None, list[tuple[str, list[str] | None]], list[tuple[str, list[str] | None]]]:
         """``(new path or None, header changes, arg changes)`` against what APISIX sent."""
-        path = self._path if self._path != self._orig_path else None
-        headers = [] if self._headers is None else self._headers.changes(self._orig_headers)
-        args = [] if self._args is None else self._args.changes(self._orig_args)
+        path = self._path
+        if path is not None:
+            orig = self._orig_path
+            if orig is None:  # set without being read
+                assert self._source is not None
+                orig = self._source.path
+            if path == orig:
+                path = None
+        headers = [] if self._headers is None else self._headers.changes()
+        args = [] if self._args is None else self._args.changes()
         return path, headers, args
 
     @property

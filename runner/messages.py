@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import struct
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from .errors import DecodeError, ErrCode
 from .http import InfoKind
@@ -30,6 +30,8 @@ Buffer = bytes | bytearray
 
 #: ``[TextEntry]`` as ``(name, value)`` pairs; a ``None`` value is an absent one.
 Entries = Sequence[tuple[str, str | None]]
+
+T = TypeVar("T")
 
 # A6.Method, in enum order; GET (0) is the default and usually absent.
 METHODS = (
@@ -105,12 +107,17 @@ class _Table:
         vec = self._vector(slot, 1)
         if vec is None:
             return None
-        with memoryview(self._buf) as view:  # one copy, whether the payload is bytes or bytearray
+        buf = self._buf
+        if type(buf) is bytes:  # a bytes slice is the one copy
+            return buf[vec[0] : vec[0] + vec[1]]
+        with memoryview(buf) as view:  # a bytearray slice would copy twice
             return bytes(view[vec[0] : vec[0] + vec[1]])
 
     def text(self, slot: int) -> str | None:
-        raw = self.bytes(slot)
-        return None if raw is None else raw.decode("utf-8", "surrogateescape")
+        vec = self._vector(slot, 1)
+        if vec is None:
+            return None
+        return self._buf[vec[0] : vec[0] + vec[1]].decode("utf-8", "surrogateescape")
 
     def entries(self, slot: int) -> list[tuple[str, str | None]]:
         """A ``[TextEntry]`` field as ``(name, value)`` pairs; ``value`` is ``None`` when absent."""
@@ -160,17 +167,37 @@ class PrepareConf(NamedTuple):
     conf: list[tuple[str, str]]
 
 
-class ReqCall(NamedTuple):
-    """The request line and token; ``headers()``/``args()`` decode on demand (most plugins
-    never read most of them, and decoding them dominated a call)."""
+class ReqCall:
+    """The id, token and method, read at once; the rest is decoded when first used
+    (most plugins never read most of it, and decoding it all dominated a call)."""
 
-    id: int
-    conf_token: int
-    method: str
-    path: str
-    src_ip: bytes
-    args: Callable[[], list[tuple[str, str]]]
-    headers: Callable[[], list[tuple[str, str]]]
+    __slots__ = ("id", "conf_token", "method", "_table")
+
+    def __init__(self, id: int, conf_token: int, method: str, table: _Table) -> None:
+        self.id = id
+        self.conf_token = conf_token
+        self.method = method
+        self._table = table
+
+    @property
+    def path(self) -> str:
+        return self._decode(lambda t: t.text(3) or "/", "path")
+
+    @property
+    def src_ip(self) -> bytes:
+        return self._decode(lambda t: t.bytes(1) or b"", "src_ip")
+
+    def args(self) -> list[tuple[str, str]]:
+        return self._decode(lambda t: _present(t.entries(4)), "args")
+
+    def headers(self) -> list[tuple[str, str]]:
+        return self._decode(lambda t: _present(t.entries(5)), "headers")
+
+    def _decode(self, read: Callable[[_Table], T], what: str) -> T:
+        try:
+            return read(self._table)
+        except struct.error as e:
+            raise DecodeError(f"HTTPReqCall.Req {what}: {e}") from None
 
 
 class RespCall(NamedTuple):
@@ -194,30 +221,12 @@ def parse_prepare_conf(payload: Buffer) -> PrepareConf:
         raise DecodeError(f"PrepareConf.Req: {e}") from None
 
 
-def _lazy_entries(t: _Table, slot: int, what: str) -> Callable[[], list[tuple[str, str]]]:
-    def load() -> list[tuple[str, str]]:
-        try:
-            return _present(t.entries(slot))
-        except struct.error as e:
-            raise DecodeError(f"HTTPReqCall.Req {what}: {e}") from None
-
-    return load
-
-
 def parse_req_call(payload: Buffer) -> ReqCall:
-    """``A6.HTTPReqCall.Req``."""
+    """``A6.HTTPReqCall.Req``: id 0, src_ip 1, method 2, path 3, args 4, headers 5, conf_token 6."""
     try:
         t = _root(payload)
         method = t.u8(2)
-        return ReqCall(
-            id=t.u32(0),
-            conf_token=t.u32(6),
-            method=METHODS[method] if method < len(METHODS) else f"METHOD_{method}",
-            path=t.text(3) or "/",
-            src_ip=t.bytes(1) or b"",
-            args=_lazy_entries(t, 4, "args"),
-            headers=_lazy_entries(t, 5, "headers"),
-        )
+        return ReqCall(t.u32(0), t.u32(6), METHODS[method] if method < len(METHODS) else f"METHOD_{method}", t)
     except struct.error as e:
         raise DecodeError(f"HTTPReqCall.Req: {e}") from None
 

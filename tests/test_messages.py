@@ -477,9 +477,9 @@ def test_extra_info_resp_body_question_decodes_like_the_protocol_example() -> No
 
 
 def _parse_req_call_fully(payload: bytes) -> messages.ReqCall:
-    """Headers and args are decoded on first use: force it."""
+    """All but the id, token and method is decoded on first use: force it."""
     call = messages.parse_req_call(payload)
-    call.headers(), call.args()
+    call.headers(), call.args(), call.path, call.src_ip
     return call
 
 
