@@ -265,56 +265,6 @@ _patch_u32 = _U32.pack_into
 _pack_i32 = struct.Struct("<i").pack
 _ZEROS = (b"\0\0\0\0", b"\0\0\0", b"\0\0", b"\0")  # a string's NUL plus padding, by len % 4
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")  # padding after a byte vector, by len % 4
-_vtables: dict[tuple[int, int], tuple[bytes, bytes]] = {}
-
-
-def _vtable(slots: int, present: tuple[int, ...]) -> tuple[bytes, bytes]:
-    """The vtable, 2-byte padded in front when needed so the table lands 4-aligned,
-    and the table's soffset back to it."""
-    key = (slots, sum(1 << s for s in present))
-    cached = _vtables.get(key)
-    if cached is None:
-        slots = max(present) + 1 if present else 0  # absent trailing slots need no entry
-        offsets = [0] * slots
-        for i, slot in enumerate(present):
-            offsets[slot] = 4 + 4 * i
-        vt = struct.pack(f"<{2 + slots}H", 4 + 2 * slots, 4 + 4 * len(present), *offsets)
-        cached = _vtables[key] = ((b"\0\0" if len(vt) & 2 else b"") + vt, _pack_i32(len(vt)))
-    return cached
-
-
-def _table(out: bytearray, slots: int, present: tuple[int, ...], cells: tuple[int, ...]) -> int:
-    """Append [vtable][table] with ``cells`` (u32 each) for the ``present`` slots; return the table's position.
-
-    Offset fields are written as 0 and patched with ``_link`` once their child is written.
-    """
-    vt, soffset = _vtable(slots, present)
-    out += vt
-    start = len(out)
-    out += soffset
-    for cell in cells:
-        out += _pack_u32(cell)
-    return start
-
-
-def _link(out: bytearray, table: int, index: int, target: int | None = None) -> None:
-    """Point the ``index``-th cell of ``table`` at ``target``: by default the end of
-    ``out``, where a string or vector child goes next (a sub-table's target is its
-    start, after its vtable)."""
-    cell = table + 4 + 4 * index
-    _patch_u32(out, cell, (len(out) if target is None else target) - cell)
-
-
-def _string(out: bytearray, data: bytes) -> None:
-    out += _pack_u32(len(data))
-    out += data
-    out += _ZEROS[len(data) & 3]
-
-
-def _byte_vector(out: bytearray, data: bytes) -> None:
-    out += _pack_u32(len(data))
-    out += data
-    out += _PAD[len(data) & 3]
 
 
 def _b(text: str) -> bytes:
@@ -325,30 +275,41 @@ def _b(text: str) -> bytes:
 # and the offsets from cells to the strings that follow are fixed.
 _ENTRY_VT = struct.pack("<4H", 8, 12, 4, 8)  # name at +4, value at +8
 _ENTRY_VT_NO_VALUE = b"\0\0" + struct.pack("<3H", 6, 8, 4)
-_ENTRY_NO_VALUE = struct.pack("<iI", 6, 4)  # soffset, name cell -> the string right after
-_pack_entry = struct.Struct("<iII").pack  # soffset, name cell, value cell
+# soffset, name cell -> the string right after the table, the name's length
+_ENTRY_NO_VALUE_HEAD = struct.Struct("<iII").pack
+# soffset, name cell, value cell, the name's length
+_ENTRY_HEAD = struct.Struct("<iIII").pack
+_vector_heads: dict[int, struct.Struct] = {}
 
 
-def _entries(out: bytearray, pairs: Entries) -> None:
-    """A ``[TextEntry]`` vector; an entry whose value is ``None`` has no value field."""
-    vector = len(out)
-    out += _pack_u32(len(pairs))
-    out += bytes(4 * len(pairs))
-    for i, (name, value) in enumerate(pairs):
-        cell = vector + 4 + 4 * i
-        raw = _b(name)
+def _entry_vector(pairs: Entries) -> bytes:
+    """A ``[TextEntry]`` vector; an entry whose value is ``None`` has no value field.
+
+    Every offset in it is relative, so it is built on its own and placed at any
+    4-aligned position: [count][cells][entry: vtable, table, strings]...
+    """
+    count = len(pairs)
+    cells: list[int] = []
+    entries: list[bytes] = []
+    pos = 4 + 4 * count  # where the next entry's vtable goes; its table follows 8 bytes later
+    for name, value in pairs:
+        raw = name.encode("utf-8", "surrogateescape")
+        n = len(raw)
         if value is None:
-            out += _ENTRY_VT_NO_VALUE
-            _patch_u32(out, cell, len(out) - cell)
-            out += _ENTRY_NO_VALUE
-            _string(out, raw)
+            entry = b"".join((_ENTRY_VT_NO_VALUE, _ENTRY_NO_VALUE_HEAD(6, 4, n), raw, _ZEROS[n & 3]))
         else:
-            out += _ENTRY_VT
-            _patch_u32(out, cell, len(out) - cell)
+            rv = value.encode("utf-8", "surrogateescape")
             # value cell -> past the name string: 4 (rest of the table) + the string's size
-            out += _pack_entry(8, 8, 8 + len(raw) + 4 - (len(raw) & 3))
-            _string(out, raw)
-            _string(out, _b(value))
+            head = _ENTRY_HEAD(8, 8, 12 + n - (n & 3), n)
+            entry = b"".join((_ENTRY_VT, head, raw, _ZEROS[n & 3], _pack_u32(len(rv)), rv, _ZEROS[len(rv) & 3]))
+        cells.append(pos + 8 - 4 - 4 * len(cells))
+        entries.append(entry)
+        pos += len(entry)
+    head_struct = _vector_heads.get(count)
+    if head_struct is None:
+        head_struct = _vector_heads.setdefault(count, struct.Struct(f"<{count + 1}I"))
+    entries.insert(0, head_struct.pack(count, *cells))
+    return b"".join(entries)
 
 
 def _new_buffer() -> bytearray:
@@ -362,73 +323,107 @@ def _finish(out: bytearray, root: int) -> bytes:
 
 def encode_err(code: ErrCode) -> bytes:
     """``A6.Err.Resp{code}``: never empty, even for code 0 (an empty table)."""
-    return _encode(1, (int(code),), ())
+    return _encode((int(code),), ())
 
 
 def encode_prepare_conf_resp(token: int) -> bytes:
-    return _encode(1, (token,), ())
+    return _encode((token,), ())
 
 
 def encode_no_action(id: int) -> bytes:
     """``HTTPReqCall.Resp{id}`` without an action: APISIX lets the request go on unchanged."""
-    return _encode(3, (id,), ())
+    return _encode((id,), ())
 
 
-def _write_child(out: bytearray, child: object) -> None:
+def _child(child: object) -> bytes:
+    """A table's child as bytes: a ``[ubyte]`` vector, a string or a ``[TextEntry]`` vector."""
     if isinstance(child, bytes):
-        _byte_vector(out, child)
-    elif isinstance(child, str):
-        _string(out, _b(child))
-    else:
-        _entries(out, child)  # type: ignore[arg-type]
+        return b"".join((_pack_u32(len(child)), child, _PAD[len(child) & 3]))
+    if isinstance(child, str):
+        raw = _b(child)
+        return b"".join((_pack_u32(len(raw)), raw, _ZEROS[len(raw) & 3]))
+    return _entry_vector(child)  # type: ignore[arg-type]
 
 
-# A reply's fixed part (root offset, root table, action table) depends only on
-# which fields are present, so it is built once per shape and copied; each call
-# then patches its scalars and appends its children.
-Shape = tuple[bytes, tuple[int, ...], tuple[int, ...]]  # prefix, scalar cells, child link cells
+# A reply's fixed part (root offset, vtables, the cells of the root table and
+# of the action table) depends only on which fields are present, so its layout
+# is computed once per shape: the vtables come first, then the tables, so that
+# every cell (the scalars, the fixed action links, the offsets to the children)
+# sits in one run packed by a single ``struct`` call. The children follow.
 
 
-def _cells(table: int, first: int, count: int) -> tuple[int, ...]:
-    return tuple(table + 4 + 4 * i for i in range(first, first + count))
+class _Shape(NamedTuple):
+    head: bytes  # root offset and vtables: everything before the first cell
+    pack: Callable[..., bytes]  # every cell, in order: [id], consts, scalars, child offsets
+    consts: tuple[int, ...]  # the fixed cells between the id and the action table's own cells
+    size: int  # where the first child goes
+    child_cells: tuple[int, ...]  # positions of the child offset cells
+
+
+def _vt(present: tuple[int, ...]) -> bytes:
+    """The vtable of a table with one 4-byte cell per present slot, in slot order."""
+    slots = max(present) + 1 if present else 0  # absent trailing slots need no entry
+    offsets = [0] * slots
+    for i, slot in enumerate(present):
+        offsets[slot] = 4 + 4 * i
+    return struct.pack(f"<{2 + slots}H", 4 + 2 * slots, 4 + 4 * len(present), *offsets)
+
+
+def _shape(vtables: list[bytes], consts: tuple[int, ...], lead: int, scalars: int, children: int) -> _Shape:
+    """The shape of ``vtables`` (the root table's first), then the root table, then
+    (for a reply with an action) the action table: ``lead`` + ``consts`` +
+    ``scalars`` + ``children`` cells after the root table's soffset."""
+    vts = b"".join(vtables)
+    pad = b"\0\0" if len(vts) & 2 else b""  # the tables must start 4-aligned
+    root = 4 + len(pad) + len(vts)
+    head = b"".join((_pack_u32(root), pad, vts, _pack_i32(root - 4 - len(pad))))
+    cells = lead + len(consts) + scalars + children
+    first_child_cell = root + 4 + 4 * (cells - children)
+    child_cells = tuple(first_child_cell + 4 * i for i in range(children))
+    return _Shape(head, struct.Struct(f"<{cells}I").pack, consts, len(head) + 4 * cells, child_cells)
 
 
 @functools.cache
-def _root_shape(slots: int, scalar_slots: tuple[int, ...], child_slots: tuple[int, ...]) -> Shape:
-    out = _new_buffer()
-    root = _table(out, slots, scalar_slots + child_slots, (0,) * (len(scalar_slots) + len(child_slots)))
-    _patch_u32(out, 0, root)
-    return bytes(out), _cells(root, 0, len(scalar_slots)), _cells(root, len(scalar_slots), len(child_slots))
+def _root_shape(scalar_slots: tuple[int, ...], child_slots: tuple[int, ...]) -> _Shape:
+    return _shape([_vt(scalar_slots + child_slots)], (), 0, len(scalar_slots), len(child_slots))
 
 
 @functools.cache
+def _union_shape(
+    root_slots: tuple[int, ...], lead: int, type_: int, scalar_slots: tuple[int, ...], child_slots: tuple[int, ...]
+) -> _Shape:
+    """A root table of ``lead`` scalars then a union's type and link (its last two
+    ``root_slots``), with the union's table right after it."""
+    member_vt = _vt(scalar_slots + child_slots)
+    # The link, the root table's last cell, points at the very next cell
+    # (4); the member's soffset spans the root table back to its vtable,
+    # which sits just before the root table.
+    consts = (type_, 4, len(member_vt) + 4 + 4 * len(root_slots))
+    return _shape([_vt(root_slots), member_vt], consts, lead, len(scalar_slots), len(child_slots))
+
+
 def _req_call_shape(
-    action_type: int, has_id: bool, slots: int, scalar_slots: tuple[int, ...], child_slots: tuple[int, ...]
-) -> Shape:
-    out = _new_buffer()
-    present, cells = ((0, 1, 2), (0, action_type, 0)) if has_id else ((1, 2), (action_type, 0))
-    root = _table(out, 3, present, cells)
-    action = _table(out, slots, scalar_slots + child_slots, (0,) * (len(scalar_slots) + len(child_slots)))
-    _link(out, root, len(present) - 1, action)
-    _patch_u32(out, 0, root)
-    scalar_cells = _cells(root, 0, int(has_id)) + _cells(action, 0, len(scalar_slots))
-    return bytes(out), scalar_cells, _cells(action, len(scalar_slots), len(child_slots))
+    action_type: int, has_id: bool, scalar_slots: tuple[int, ...], child_slots: tuple[int, ...]
+) -> _Shape:
+    """``HTTPReqCall.Resp{[id 0], action_type 1, action 2}``."""
+    return _union_shape((0, 1, 2) if has_id else (1, 2), has_id, action_type, scalar_slots, child_slots)
 
 
-def _fill(shape: Shape, scalars: list[int], children: Sequence[object]) -> bytes:
-    prefix, scalar_cells, child_cells = shape
-    out = bytearray(prefix)
-    for cell, value in zip(scalar_cells, scalars, strict=True):
-        _patch_u32(out, cell, value)
-    for cell, child in zip(child_cells, children, strict=True):
-        _patch_u32(out, cell, len(out) - cell)
-        _write_child(out, child)
-    return bytes(out)
+def _reply(shape: _Shape, lead: tuple[int, ...], scalars: Sequence[int], children: Sequence[object]) -> bytes:
+    if not children:
+        return shape.head + shape.pack(*lead, *shape.consts, *scalars)
+    pos = shape.size
+    blobs = []
+    offsets = []
+    for cell, child in zip(shape.child_cells, children, strict=False):  # equal lengths: one shape per set of children
+        blob = _child(child)
+        offsets.append(pos - cell)
+        pos += len(blob)
+        blobs.append(blob)
+    return b"".join((shape.head, shape.pack(*lead, *shape.consts, *scalars, *offsets), *blobs))
 
 
-def _encode(
-    slots: int, scalars: tuple[int, ...], children: tuple[object, ...], action_type: int = 0, id: int = 0
-) -> bytes:
+def _encode(scalars: tuple[int, ...], children: tuple[object, ...], action_type: int = 0, id: int = 0) -> bytes:
     """A table of leading ``scalars`` then offset ``children`` (zeros and empties left out),
     as the root, or with ``action_type`` as the action of an ``HTTPReqCall.Resp{id}``."""
     scalar_slots = tuple(slot for slot, value in enumerate(scalars) if value)
@@ -436,18 +431,17 @@ def _encode(
     values = [value for value in scalars if value]
     kids = [child for child in children if child]
     if not action_type:
-        return _fill(_root_shape(slots, scalar_slots, child_slots), values, kids)
-    shape = _req_call_shape(action_type, bool(id), slots, scalar_slots, child_slots)
-    return _fill(shape, [id, *values] if id else values, kids)
+        return _reply(_root_shape(scalar_slots, child_slots), (), values, kids)
+    shape = _req_call_shape(action_type, bool(id), scalar_slots, child_slots)
+    return _reply(shape, (id,) if id else (), values, kids)
 
 
 def encode_stop(id: int, status: int, headers: Entries, body: bytes | None) -> bytes:
     """``HTTPReqCall.Resp`` with a Stop: APISIX answers the client with it (an empty body cannot be sent)."""
     # The hottest reply: the shape lookup and fill of ``_encode``, unrolled.
     children = [child for child in (headers, body) if child]
-    shape = _req_call_shape(_ACTION_STOP, bool(id), 3, (0,) if status else (), (1,) * bool(headers) + (2,) * bool(body))
-    scalars = [id, status] if id else [status]
-    return _fill(shape, scalars if status else scalars[:-1], children)
+    shape = _req_call_shape(_ACTION_STOP, bool(id), (0,) if status else (), (1,) * bool(headers) + (2,) * bool(body))
+    return _reply(shape, (id,) if id else (), (status,) if status else (), children)
 
 
 def encode_rewrite(
@@ -463,32 +457,29 @@ def encode_rewrite(
 
     Empty values are left out: APISIX treats an empty path as present and cannot set an empty body.
     """
-    return _encode(5, (), (path, headers, args, resp_headers, body), _ACTION_REWRITE, id)
+    return _encode((), (path, headers, args, resp_headers, body), _ACTION_REWRITE, id)
 
 
 def encode_resp_call_resp(id: int, status: int, headers: Entries, body: bytes | None) -> bytes:
     """``A6.HTTPRespCall.Resp``: id 0, status 1 (0 = keep upstream's), headers 2, body 3."""
-    return _encode(4, (id, status), (headers, body))
+    return _encode((id, status), (headers, body))
 
 
-def _extra_info_req(kind: InfoKind, name: bytes | None) -> bytes:
-    out = _new_buffer()
-    root = _table(out, 2, (0, 1), (int(kind), 0))
-    if name is None:
-        _link(out, root, 1, _table(out, 0, (), ()))  # ReqBody and RespBody are empty tables
-    else:
-        var = _table(out, 1, (0,), (0,))
-        _link(out, root, 1, var)
-        _link(out, var, 0)
-        _string(out, name)
-    return _finish(out, root)
-
-
-_BODY_QUESTIONS = {kind: _extra_info_req(kind, None) for kind in (InfoKind.REQ_BODY, InfoKind.RESP_BODY)}
+# Var names come from plugin code, so a handful of questions repeat on every call.
+_questions: dict[tuple[InfoKind, str], bytes] = {}
+_QUESTIONS_MAX = 1024
 
 
 def encode_extra_info_req(kind: InfoKind, name: str = "") -> bytes:
-    """``A6.ExtraInfo.Req``: a Var (with its name), ReqBody or RespBody question."""
-    if kind is InfoKind.VAR:
-        return _extra_info_req(kind, _b(name))
-    return _BODY_QUESTIONS[kind]
+    """``A6.ExtraInfo.Req{info_type 0, info 1}``: a Var (with its name), ReqBody or RespBody question."""
+    key = (kind, name if kind is InfoKind.VAR else "")
+    question = _questions.get(key)
+    if question is None:
+        if len(_questions) >= _QUESTIONS_MAX:  # names built per request: do not grow without bound
+            _questions.clear()
+        if kind is InfoKind.VAR:
+            question = _reply(_union_shape((0, 1), 0, kind, (), (0,)), (), (), [name])
+        else:  # ReqBody and RespBody are empty tables
+            question = _reply(_union_shape((0, 1), 0, kind, (), ()), (), (), [])
+        _questions[key] = question
+    return question
