@@ -259,9 +259,7 @@ def parse_extra_info_resp(payload: Buffer) -> bytes | None:
 # the generic ``flatbuffers``/``a6pluginprotos`` readers. It is several times
 # faster than ``flatbuffers.Builder``, whose per-byte Python work dominated a call.
 
-_U32 = struct.Struct("<I")
-_pack_u32 = _U32.pack
-_patch_u32 = _U32.pack_into
+_pack_u32 = struct.Struct("<I").pack
 _pack_i32 = struct.Struct("<i").pack
 _ZEROS = (b"\0\0\0\0", b"\0\0\0", b"\0\0", b"\0")  # a string's NUL plus padding, by len % 4
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")  # padding after a byte vector, by len % 4
@@ -305,20 +303,13 @@ def _entry_vector(pairs: Entries) -> bytes:
         cells.append(pos + 8 - 4 - 4 * len(cells))
         entries.append(entry)
         pos += len(entry)
-    head_struct = _vector_heads.get(count)
-    if head_struct is None:
-        head_struct = _vector_heads.setdefault(count, struct.Struct(f"<{count + 1}I"))
-    entries.insert(0, head_struct.pack(count, *cells))
+    head = _vector_heads.get(count)
+    if head is None:
+        head = struct.Struct(f"<{count + 1}I")
+        if count < 64:  # the usual sizes; not one per size a plugin may produce
+            _vector_heads[count] = head
+    entries.insert(0, head.pack(count, *cells))
     return b"".join(entries)
-
-
-def _new_buffer() -> bytearray:
-    return bytearray(4)  # the root uoffset, patched by _finish
-
-
-def _finish(out: bytearray, root: int) -> bytes:
-    _patch_u32(out, 0, root)
-    return bytes(out)
 
 
 def encode_err(code: ErrCode) -> bytes:
