@@ -303,12 +303,12 @@ def _entry_vector(pairs: Entries) -> bytes:
         cells.append(pos + 8 - 4 - 4 * len(cells))
         entries.append(entry)
         pos += len(entry)
-    head = _vector_heads.get(count)
-    if head is None:
-        head = struct.Struct(f"<{count + 1}I")
+    packer = _vector_heads.get(count)
+    if packer is None:
+        packer = struct.Struct(f"<{count + 1}I")
         if count < 64:  # the usual sizes; not one per size a plugin may produce
-            _vector_heads[count] = head
-    entries.insert(0, head.pack(count, *cells))
+            _vector_heads[count] = packer
+    entries.insert(0, packer.pack(count, *cells))
     return b"".join(entries)
 
 
