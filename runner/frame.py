@@ -91,6 +91,16 @@ class FrameDecoder:
         del buf[:end]
         return Frame(word >> 24, payload)
 
+    def whole_frame(self, data: bytes) -> Frame | None:
+        """``data`` as a frame if the decoder is empty and ``data`` is exactly one
+        whole frame (the usual read), else ``None`` (then ``feed`` it)."""
+        if self._buf or len(data) < HEADER_LEN:
+            return None
+        word = _HEADER.unpack_from(data)[0]
+        if len(data) != HEADER_LEN + (word & MAX_PAYLOAD):
+            return None
+        return Frame(word >> 24, data[HEADER_LEN:])
+
     def missing(self) -> int:
         """Bytes still needed to complete the frame being received (0 if one is complete)."""
         buf = self._buf

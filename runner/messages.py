@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import struct
 from collections.abc import Callable, Sequence
+from itertools import compress
 from typing import NamedTuple, TypeVar
 
 from .errors import DecodeError, ErrCode
@@ -280,6 +281,23 @@ _ENTRY_HEAD = struct.Struct("<iIII").pack
 _vector_heads: dict[int, struct.Struct] = {}
 
 
+def _entry(name: str, value: str | None) -> bytes:
+    """One TextEntry: its vtable, its table, then its strings (every offset relative)."""
+    raw = name.encode("utf-8", "surrogateescape")
+    n = len(raw)
+    if value is None:
+        return b"".join((_ENTRY_VT_NO_VALUE, _ENTRY_NO_VALUE_HEAD(6, 4, n), raw, _ZEROS[n & 3]))
+    rv = value.encode("utf-8", "surrogateescape")
+    # value cell -> past the name string: 4 (rest of the table) + the string's size
+    head = _ENTRY_HEAD(8, 8, 12 + n - (n & 3), n)
+    return b"".join((_ENTRY_VT, head, raw, _ZEROS[n & 3], _pack_u32(len(rv)), rv, _ZEROS[len(rv) & 3]))
+
+
+# Plugins mostly send the same few headers; their entries are kept ready-made.
+_entries: dict[tuple[str, str | None], bytes] = {}
+_ENTRIES_MAX = 4096
+
+
 def _entry_vector(pairs: Entries) -> bytes:
     """A ``[TextEntry]`` vector; an entry whose value is ``None`` has no value field.
 
@@ -288,28 +306,25 @@ def _entry_vector(pairs: Entries) -> bytes:
     """
     count = len(pairs)
     cells: list[int] = []
-    entries: list[bytes] = []
+    blobs: list[bytes] = [b""]
     pos = 4 + 4 * count  # where the next entry's vtable goes; its table follows 8 bytes later
-    for name, value in pairs:
-        raw = name.encode("utf-8", "surrogateescape")
-        n = len(raw)
-        if value is None:
-            entry = b"".join((_ENTRY_VT_NO_VALUE, _ENTRY_NO_VALUE_HEAD(6, 4, n), raw, _ZEROS[n & 3]))
-        else:
-            rv = value.encode("utf-8", "surrogateescape")
-            # value cell -> past the name string: 4 (rest of the table) + the string's size
-            head = _ENTRY_HEAD(8, 8, 12 + n - (n & 3), n)
-            entry = b"".join((_ENTRY_VT, head, raw, _ZEROS[n & 3], _pack_u32(len(rv)), rv, _ZEROS[len(rv) & 3]))
-        cells.append(pos + 8 - 4 - 4 * len(cells))
-        entries.append(entry)
+    for pair in pairs:
+        entry = _entries.get(pair)
+        if entry is None:
+            entry = _entry(*pair)
+            if len(_entries) >= _ENTRIES_MAX:  # values built per request: do not grow without bound
+                _entries.clear()
+            _entries[pair] = entry
+        cells.append(pos + 4 - 4 * len(cells))
+        blobs.append(entry)
         pos += len(entry)
     packer = _vector_heads.get(count)
     if packer is None:
         packer = struct.Struct(f"<{count + 1}I")
         if count < 64:  # the usual sizes; not one per size a plugin may produce
             _vector_heads[count] = packer
-    entries.insert(0, packer.pack(count, *cells))
-    return b"".join(entries)
+    blobs[0] = packer.pack(count, *cells)
+    return b"".join(blobs)
 
 
 def encode_err(code: ErrCode) -> bytes:
@@ -417,10 +432,10 @@ def _reply(shape: _Shape, lead: tuple[int, ...], scalars: Sequence[int], childre
 def _encode(scalars: tuple[int, ...], children: tuple[object, ...], action_type: int = 0, id: int = 0) -> bytes:
     """A table of leading ``scalars`` then offset ``children`` (zeros and empties left out),
     as the root, or with ``action_type`` as the action of an ``HTTPReqCall.Resp{id}``."""
-    scalar_slots = tuple(slot for slot, value in enumerate(scalars) if value)
-    child_slots = tuple(len(scalars) + k for k, child in enumerate(children) if child)
-    values = [value for value in scalars if value]
-    kids = [child for child in children if child]
+    scalar_slots = tuple(compress(range(len(scalars)), scalars))
+    child_slots = tuple(compress(range(len(scalars), len(scalars) + len(children)), children))
+    values = list(filter(None, scalars))
+    kids = list(filter(None, children))
     if not action_type:
         return _reply(_root_shape(scalar_slots, child_slots), (), values, kids)
     shape = _req_call_shape(action_type, bool(id), scalar_slots, child_slots)
@@ -430,8 +445,9 @@ def _encode(scalars: tuple[int, ...], children: tuple[object, ...], action_type:
 def encode_stop(id: int, status: int, headers: Entries, body: bytes | None) -> bytes:
     """``HTTPReqCall.Resp`` with a Stop: APISIX answers the client with it (an empty body cannot be sent)."""
     # The hottest reply: the shape lookup and fill of ``_encode``, unrolled.
-    children = [child for child in (headers, body) if child]
-    shape = _req_call_shape(_ACTION_STOP, bool(id), (0,) if status else (), (1,) * bool(headers) + (2,) * bool(body))
+    children = (headers, body)
+    shape = _req_call_shape(_ACTION_STOP, bool(id), (0,) if status else (), tuple(compress((1, 2), children)))
+    children = list(filter(None, children))
     return _reply(shape, (id,) if id else (), (status,) if status else (), children)
 
 

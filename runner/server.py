@@ -191,6 +191,8 @@ class Connection(socketserver.BaseRequestHandler):
     def setup(self) -> None:
         self.busy = False
         self._decoder = FrameDecoder()
+        # Held by the call's ExtraInfo exchange; calls on a connection never overlap.
+        self.call_lock = threading.Lock()
 
     def handle(self) -> None:
         server = self.server
@@ -228,6 +230,14 @@ class Connection(socketserver.BaseRequestHandler):
         """The next whole frame; ``None`` at a clean EOF; ``FrameError`` at EOF inside a frame."""
         decoder = self._decoder
         sock = self.request
+        if not decoder.pending:
+            # The usual case: one recv brings exactly one whole frame.
+            data = sock.recv(_RECV_SIZE)
+            if not data:
+                return None
+            if (whole := decoder.whole_frame(data)) is not None:
+                return whole
+            decoder.feed(data)
         while (received := decoder.next_frame()) is None:
             if decoder.pending >= HEADER_LEN and decoder.missing() > _RECV_SIZE:
                 # A big frame (a body): receive the rest straight into a buffer of
@@ -265,7 +275,7 @@ class _Call:
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._lock = threading.Lock()
+        self._lock = conn.call_lock
         self._open = True
         self.abandoned = False
 
