@@ -445,10 +445,9 @@ def _encode(scalars: tuple[int, ...], children: tuple[object, ...], action_type:
 def encode_stop(id: int, status: int, headers: Entries, body: bytes | None) -> bytes:
     """``HTTPReqCall.Resp`` with a Stop: APISIX answers the client with it (an empty body cannot be sent)."""
     # The hottest reply: the shape lookup and fill of ``_encode``, unrolled.
-    children = (headers, body)
-    shape = _req_call_shape(_ACTION_STOP, bool(id), (0,) if status else (), tuple(compress((1, 2), children)))
-    children = list(filter(None, children))
-    return _reply(shape, (id,) if id else (), (status,) if status else (), children)
+    present = (headers, body)
+    shape = _req_call_shape(_ACTION_STOP, bool(id), (0,) if status else (), tuple(compress((1, 2), present)))
+    return _reply(shape, (id,) if id else (), (status,) if status else (), list(filter(None, present)))
 
 
 def encode_rewrite(
