@@ -164,6 +164,27 @@ def test_several_frames_split_at_every_offset_come_out_in_order() -> None:
         assert decoder.pending == 0
 
 
+@pytest.mark.parametrize(("name", "raw"), SMALL)
+def test_whole_frame_takes_exactly_one_frame_as_it_is(name: str, raw: bytes) -> None:
+    assert FrameDecoder().whole_frame(raw) == _expected(raw)
+
+
+@pytest.mark.parametrize(("name", "raw"), SMALL)
+def test_whole_frame_refuses_partial_or_extra_bytes_which_feed_then_decodes(name: str, raw: bytes) -> None:
+    for data in [raw[:cut] for cut in range(len(raw))] + [raw + raw[:1], raw + raw]:
+        decoder = FrameDecoder()
+        assert decoder.whole_frame(data) is None, f"{len(data)} bytes"
+        decoder.feed(data)
+        assert decoder.pending == len(data)
+
+
+def test_whole_frame_refuses_while_bytes_are_buffered() -> None:
+    raw = VECTORS["req_call_req"]
+    decoder = FrameDecoder()
+    decoder.feed(raw[:3])
+    assert decoder.whole_frame(raw) is None
+
+
 def test_decoder_accepts_bytearray_and_memoryview_chunks() -> None:
     raw = VECTORS["req_call_req"]
     frames, _ = _feed_chunks([bytearray(raw[:10]), memoryview(raw)[10:]])  # type: ignore[list-item]

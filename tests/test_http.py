@@ -544,3 +544,82 @@ def test_response_headers_assignment_from_a_dict_copies_it() -> None:
     source["X-B"] = "2"
     assert isinstance(response.headers, Headers)
     assert response.headers.items() == [("Content-Type", "application/json")]
+
+
+# =============================================================================
+# A request from APISIX decodes each part only when a plugin uses it
+# =============================================================================
+
+
+class _Source:
+    """A decoded HTTPReqCall stand-in that counts what was decoded."""
+
+    def __init__(self, headers: list[tuple[str, str]], args: tuple[tuple[str, str], ...] = (), path: str = "/") -> None:
+        self._headers, self._args, self._path = headers, args, path
+        self.decoded: list[str] = []
+
+    @property
+    def path(self) -> str:
+        self.decoded.append("path")
+        return self._path
+
+    @property
+    def src_ip(self) -> bytes:
+        self.decoded.append("src_ip")
+        return b"\x7f\0\0\1"
+
+    def headers(self) -> list[tuple[str, str]]:
+        self.decoded.append("headers")
+        return list(self._headers)
+
+    def args(self) -> list[tuple[str, str]]:
+        self.decoded.append("args")
+        return list(self._args)
+
+
+def test_setting_and_deleting_unread_headers_and_args_decodes_none_of_them() -> None:
+    source = _Source(ORIGINAL, [("a", "1")])
+    request = Request.from_apisix(1, "GET", source, None)
+    request.headers["X-New"] = "1"
+    del request.headers["x-resp"]
+    request.args["b"] = "2"
+    assert request.changes() == (None, [("X-New", ["1"]), ("x-resp", None)], [("b", ["2"])])
+    assert source.decoded == []
+
+
+def test_headers_set_before_being_read_take_the_first_position_once_read() -> None:
+    source = _Source(ORIGINAL)
+    request = Request.from_apisix(1, "GET", source, None)
+    request.headers["X-REQ"] = "new"
+    request.headers["x-added"] = "1"
+    del request.headers["x-added"]
+    assert request.headers.items() == [("host", "localhost"), ("X-REQ", "new"), ("x-resp", "cat")]
+    assert request.changes()[1] == [("X-REQ", ["new"])]
+    assert source.decoded == ["headers"]
+
+
+def test_an_unread_header_set_to_its_current_value_is_sent_as_a_change() -> None:
+    # Comparing would mean decoding every header; APISIX setting it again changes nothing.
+    request = Request.from_apisix(1, "GET", _Source(ORIGINAL), None)
+    request.headers["Host"] = "localhost"
+    assert request.changes()[1] == [("Host", ["localhost"])]
+
+
+def test_a_path_set_to_the_one_apisix_sent_is_no_change() -> None:
+    request = Request.from_apisix(1, "GET", _Source([], path="/same"), None)
+    request.path = "/same"
+    assert request.changes() == (None, [], [])
+
+
+def test_reassigning_unread_headers_reports_the_gone_names() -> None:
+    request = Request.from_apisix(1, "GET", _Source(ORIGINAL), None)
+    request.headers = {"host": "localhost"}
+    assert sorted(request.changes()[1], key=str) == [("x-req", None), ("x-resp", None)]
+
+
+def test_a_read_only_plugin_of_a_lazy_request_changes_nothing() -> None:
+    source = _Source(ORIGINAL, [("a", "1")])
+    request = Request.from_apisix(1, "GET", source, None)
+    _ = (request.headers.get("host"), request.args["a"], request.path, request.src_ip)
+    assert request.changes() == (None, [], [])
+    assert request.src_ip == "127.0.0.1"
