@@ -47,6 +47,7 @@ _u8 = struct.Struct("<B").unpack_from
 _u16 = struct.Struct("<H").unpack_from
 _u32 = struct.Struct("<I").unpack_from
 _i32 = struct.Struct("<i").unpack_from
+_vt_entry = struct.Struct("<4H").unpack_from
 
 
 # A vtable's field offsets, read in one unpack (the schema's tables have at most 7 slots).
@@ -128,7 +129,8 @@ class _Table:
 
 def _text_entries(buf: Buffer, start: int, count: int) -> list[tuple[str, str | None]]:
     # The hot decode path (every header of every request a plugin reads): the
-    # TextEntry tables are walked inline, with the same checks as ``_Table``.
+    # TextEntry tables are walked inline, with the same checks as ``_Table``;
+    # a struct.error from a read past the end becomes a DecodeError upstream.
     size = len(buf)
     out: list[tuple[str, str | None]] = []
     for p in range(start, start + 4 * count, 4):
@@ -136,22 +138,29 @@ def _text_entries(buf: Buffer, start: int, count: int) -> list[tuple[str, str | 
         vt = table - _i32(buf, table)[0]
         if vt < 0:
             raise DecodeError(f"vtable offset {vt} outside a {size}-byte payload")
-        vt_len = _u16(buf, vt)[0]
+        if vt + 8 <= size:  # vtable length, table length, name and value slots in one read
+            vt_len, _, name_at, value_at = _vt_entry(buf, vt)
+        else:  # a short vtable at the very end: no value slot to read
+            vt_len, name_at, value_at = _u16(buf, vt)[0], 0, 0
+            if vt_len >= 6:
+                name_at = _u16(buf, vt + 4)[0]
         name = value = None
-        if vt_len >= 6 and (offset := _u16(buf, vt + 4)[0]):
-            name = _string_at(buf, table + offset, size)
-        if vt_len >= 8 and (offset := _u16(buf, vt + 6)[0]):
-            value = _string_at(buf, table + offset, size)
+        if vt_len >= 6 and name_at:
+            at = table + name_at
+            at += _u32(buf, at)[0]
+            end = at + 4 + _u32(buf, at)[0]
+            if end > size:
+                raise DecodeError("string runs past the payload")
+            name = buf[at + 4 : end].decode("utf-8", "surrogateescape")
+        if vt_len >= 8 and value_at:
+            at = table + value_at
+            at += _u32(buf, at)[0]
+            end = at + 4 + _u32(buf, at)[0]
+            if end > size:
+                raise DecodeError("string runs past the payload")
+            value = buf[at + 4 : end].decode("utf-8", "surrogateescape")
         out.append((name or "", value))
     return out
-
-
-def _string_at(buf: Buffer, at: int, size: int) -> str:
-    start = at + _u32(buf, at)[0]
-    end = start + 4 + _u32(buf, start)[0]
-    if end > size:
-        raise DecodeError("string runs past the payload")
-    return buf[start + 4 : end].decode("utf-8", "surrogateescape")
 
 
 def _root(payload: Buffer) -> _Table:
