@@ -14,6 +14,7 @@ thousands of connections at once, holds them idle, then sends one call on each.
     python bench/run.py                      # everything (about 10 minutes)
     python bench/run.py --quick              # smoke test, under a minute
     python bench/run.py --pin --scenarios stop,body --conns 16 --json out.json
+    python bench/run.py --pin --busy-poll    # the load generator never sleeps (see loadgen.c)
 
 Run it with the interpreter that has the runner's dependencies (flatbuffers).
 """
@@ -153,6 +154,7 @@ def run_point(kind: str, scenario: str, conns: int, opts: argparse.Namespace, tm
         budget = opts.idle_hold + opts.idle_timeout + 60
     else:
         cmd += ["--duration", str(opts.duration), "--warmup", str(opts.warmup)]
+        cmd += ["--busy-poll"] if opts.busy_poll else []
         budget = opts.warmup + opts.duration + DRAIN_S + 30
     try:
         client_cpu = CLIENT_CPU if opts.pin else None
@@ -264,6 +266,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each point")
     p.add_argument("--repeat", type=int, default=3, help="runs per point; the median is reported")
     p.add_argument("--pin", action="store_true", help=f"server on CPU {SERVER_CPU}, load generator on CPU {CLIENT_CPU}")
+    p.add_argument(
+        "--busy-poll",
+        action="store_true",
+        help="load generator polls instead of sleeping (replies then wake no idle CPU: the cost under load)",
+    )
     p.add_argument("--idle-conns", type=int, default=2000, help="connections for the idle check (0: skip it)")
     p.add_argument("--idle-hold", type=float, default=2.0, help="seconds the idle connections stay idle")
     p.add_argument("--idle-timeout", type=float, default=30.0, help="seconds to wait for every idle call's answer")
@@ -323,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs, "
         f"{'pinned (server CPU 0, load generator CPU 1)' if opts.pin else 'unpinned'}, "
+        f"load generator {'busy-polling' if opts.busy_poll else 'sleeping in epoll_wait'}, "
         f"{opts.duration:g} s per point after {opts.warmup:g} s warm-up, median of {opts.repeat} run(s).",
         "Runner cells show (runner / reference) in parentheses.",
         "Cores: CPU used during the measured window by the server, by the load generator, and by everything else",
