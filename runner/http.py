@@ -349,7 +349,7 @@ class ExtraCache:
 
     def __init__(self, ask: Ask | None) -> None:
         self._ask = ask
-        self._answers: dict[tuple[InfoKind, str], bytes | None] = {}
+        self._answers: dict[tuple[InfoKind, str], bytes | None] | None = None  # most calls ask nothing
 
     @classmethod
     def of(cls, ask: Ask | None) -> ExtraCache:
@@ -357,9 +357,12 @@ class ExtraCache:
 
     def __call__(self, kind: InfoKind, name: str = "") -> bytes | None:
         key = (kind, name)
-        if key not in self._answers:
-            self._answers[key] = self._ask(kind, name) if self._ask is not None else None
-        return self._answers[key]
+        answers = self._answers
+        if answers is None:
+            answers = self._answers = {}
+        if key not in answers:
+            answers[key] = self._ask(kind, name) if self._ask is not None else None
+        return answers[key]
 
     def var(self, name: str) -> str | None:
         raw = self(InfoKind.VAR, name)

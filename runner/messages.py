@@ -81,17 +81,25 @@ class _Table:
             return self._pos + offsets[slot]
         return 0
 
+    # The scalar readers inline ``_field``: they run several times per call.
+
     def u8(self, slot: int) -> int:
-        at = self._field(slot)
-        return _u8(self._buf, at)[0] if at else 0
+        offsets = self._offsets
+        if slot < len(offsets) and offsets[slot]:
+            return _u8(self._buf, self._pos + offsets[slot])[0]  # type: ignore[no-any-return]
+        return 0
 
     def u16(self, slot: int) -> int:
-        at = self._field(slot)
-        return _u16(self._buf, at)[0] if at else 0
+        offsets = self._offsets
+        if slot < len(offsets) and offsets[slot]:
+            return _u16(self._buf, self._pos + offsets[slot])[0]  # type: ignore[no-any-return]
+        return 0
 
     def u32(self, slot: int) -> int:
-        at = self._field(slot)
-        return _u32(self._buf, at)[0] if at else 0
+        offsets = self._offsets
+        if slot < len(offsets) and offsets[slot]:
+            return _u32(self._buf, self._pos + offsets[slot])[0]  # type: ignore[no-any-return]
+        return 0
 
     def _vector(self, slot: int, item_size: int) -> tuple[int, int] | None:
         at = self._field(slot)
