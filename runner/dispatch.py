@@ -268,20 +268,26 @@ def _asker(exchange: Exchange, metrics: Metrics | None) -> Callable[[InfoKind, s
 def _rewrite(call: messages.ReqCall, request: Request, response: Response) -> bytes:
     """Only what the plugins changed, so untouched (and repeated) headers stay as they were."""
     path, header_changes, arg_changes = request.changes()
-    headers: list[tuple[str, str | None]] = []
-    for name, values in header_changes:
-        # APISIX *sets* each request header entry (last one wins), so several
-        # values travel as one list value.
-        sep = "; " if name.lower() == "cookie" else ", "
-        headers.append((name, None if values is None else sep.join(values)))
-    args: list[tuple[str, str | None]] = []
-    for name, values in arg_changes:
-        # APISIX: first entry of a name replaces its values, later ones append.
-        args.extend([(name, None)] if values is None else [(name, v) for v in values])
-    resp_headers = [(n, v) for n, v in response.headers.items() if not _ignored_by_apisix(n)]
+    # APISIX *sets* each request header entry (last one wins), so several
+    # values travel as one list value.
+    headers: list[tuple[str, str | None]] = [
+        (name, values if values is None else values[0] if len(values) == 1 else _joined(name, values))
+        for name, values in header_changes
+    ]
+    # APISIX: first entry of a name replaces its values, later ones append.
+    args: list[tuple[str, str | None]] = [
+        (name, value) for name, values in arg_changes for value in ((None,) if values is None else values)
+    ]
+    resp_headers = (
+        [(n, v) for n, v in response.headers.items() if not _ignored_by_apisix(n)] if response.headers else []
+    )
     body = request.new_body
     if path is None and not headers and not args and not resp_headers and not body:
         return messages.encode_no_action(call.id)
     return messages.encode_rewrite(
         call.id, path=path, headers=headers, args=args, resp_headers=resp_headers, body=body or None
     )
+
+
+def _joined(name: str, values: list[str]) -> str:
+    return ("; " if name.lower() == "cookie" else ", ").join(values)
