@@ -44,6 +44,7 @@ class Config:
     metrics_host: str = "127.0.0.1"
     drain_timeout: float = 0.7
     exit_with_parent: str = "auto"
+    cpu: int | str | None = None  # None: run where the kernel puts us; "auto" or a CPU number: pin there
 
     @property
     def token_ttl(self) -> float:
@@ -122,6 +123,15 @@ def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
     return parse
 
 
+def _cpu(value: Any) -> int | str | None:
+    text = str(value).lower()
+    if text in ("", "none"):
+        return None
+    if text == "auto" or (text.isdigit() and not isinstance(value, bool)):
+        return text if text == "auto" else int(text)
+    raise ValueError(f"{value!r} is not none, auto or a CPU number")
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{value!r} is not a non-empty string")
@@ -150,6 +160,7 @@ SETTINGS = (
     Setting("metrics_host", "A6_RUNNER_METRICS_HOST", None, _text, "Prometheus bind address"),
     Setting("drain_timeout", "A6_RUNNER_DRAIN_TIMEOUT", None, _seconds, "seconds to finish calls on SIGTERM"),
     Setting("exit_with_parent", "A6_RUNNER_EXIT_WITH_PARENT", "exit_with_parent", _choice(EXIT_WITH_PARENT), ""),
+    Setting("cpu", "A6_RUNNER_CPU", "cpu", _cpu, "pin every thread to one CPU: none, auto or a number"),
 )
 
 _FIELDS = {f.name for f in dataclasses.fields(Config)}

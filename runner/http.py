@@ -5,6 +5,10 @@ Rules:
 * Attributes, not getters and setters. What a plugin changes is found afterwards
   by comparing with what APISIX sent (``MultiDict.changes``), so a plugin that
   only reads produces no action and repeated headers are never collapsed.
+* Nothing of a request is decoded before a plugin reads it. Headers or args
+  that are only set or deleted are never decoded: those changes are sent as
+  made, without comparing (setting a header to the value it has is a no-op
+  for APISIX anyway).
 * Text is ``str``. Bytes from APISIX are decoded as UTF-8 with
   ``surrogateescape`` and encoded back the same way, so header values, args and
   paths in any encoding survive a round trip unchanged.

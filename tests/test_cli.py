@@ -367,6 +367,35 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _thread_cpus(pid: int) -> set[str]:
+    cpus = set()
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        for line in status.read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                cpus.add(line.split()[1])
+    return cpus
+
+
+@pytest.mark.parametrize("choice", ["auto", "last"])
+def test_cpu_setting_pins_every_thread_to_one_cpu(choice: str) -> None:
+    allowed = os.sched_getaffinity(0)
+    cpu = "auto" if choice == "auto" else str(max(allowed))
+    with RunnerProcess(TEST_PLUGINS, args=["--cpu", cpu]) as proc, proc.client() as c:
+        token = c.prepare_conf([("act", "{}")])
+        assert c.http_req_call(token).err is None  # a connection thread now exists
+        assert proc.proc is not None
+        cpus = _thread_cpus(proc.proc.pid)
+    assert len(cpus) == 1
+    pinned = int(cpus.pop())
+    assert pinned in allowed and (choice == "auto" or pinned == max(allowed))
+
+
+def test_cpu_the_process_may_not_use_exits_1_naming_it() -> None:
+    result = cli("run", "--socket", "/tmp/x.sock", "--cpu", "4095")
+    assert result.returncode == 1
+    assert "cpu: 4095 is not one this process may run on" in result.stderr
+
+
 def test_metrics_endpoint_counts_calls_errors_extra_info_and_gauges() -> None:
     port = _free_port()
     with RunnerProcess(TEST_PLUGINS, args=["--metrics-port", str(port)]) as proc, proc.client() as c:

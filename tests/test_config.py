@@ -153,3 +153,15 @@ def test_config_is_frozen() -> None:
     result = build()
     with pytest.raises(FrozenInstanceError):
         result.socket = "/elsewhere"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("raw", "cpu"), [("", None), ("none", None), ("AUTO", "auto"), ("1", 1), (0, 0)])
+def test_cpu_is_none_auto_or_a_cpu_number(raw: object, cpu: object) -> None:
+    assert config.build({}, {"cpu": raw} if raw != "" else {}, None).cpu == cpu
+    assert config.build({"A6_RUNNER_CPU": str(raw)}).cpu == cpu
+
+
+@pytest.mark.parametrize("raw", ["-1", "first", "1.5", True])
+def test_cpu_that_is_not_a_cpu_number_is_refused_naming_the_setting(raw: object) -> None:
+    with pytest.raises(ConfigError, match=r"^cpu \(from --cpu\)"):
+        config.build({}, {"cpu": raw})
