@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import signal
 import socket
 import statistics
@@ -91,10 +92,10 @@ def proc_status_kb(pid: int, key: str) -> int:
     return -1
 
 
-def server_command(kind: str, scenario: str, sock: Path) -> list[str]:
+def server_command(kind: str, scenario: str, sock: Path, runner_args: list[str]) -> list[str]:
     if kind == "runner":
         args = ["-m", "runner", "run", "--socket", str(sock), "--plugins", str(BENCH / "plugins")]
-        return [sys.executable, *args, "--log-level", "warning"]
+        return [sys.executable, *args, "--log-level", "warning", *runner_args]
     return [sys.executable, str(BENCH / "reference.py"), "--socket", str(sock), "--scenario", scenario]
 
 
@@ -146,7 +147,8 @@ def run_point(kind: str, scenario: str, conns: int, opts: argparse.Namespace, tm
     """Start ``kind``, load it with the load generator, stop it; returns the point's figures."""
     sock = tmp / f"{kind}.sock"
     cpu = SERVER_CPU if opts.pin else None
-    server = Server(kind, server_command(kind, scenario, sock), sock, tmp / f"{kind}.log", opts.runner_root, cpu)
+    command = server_command(kind, scenario, sock, shlex.split(opts.runner_args))
+    server = Server(kind, command, sock, tmp / f"{kind}.log", opts.runner_root, cpu)
     cmd = [str(LOADGEN), "--socket", str(sock), "--frames", str(tmp / "frames"), "--scenario", scenario]
     cmd += ["--conns", str(conns), "--server-pid", str(server.proc.pid), "--drain", str(DRAIN_S)]
     if idle:
@@ -274,6 +276,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--idle-conns", type=int, default=2000, help="connections for the idle check (0: skip it)")
     p.add_argument("--idle-hold", type=float, default=2.0, help="seconds the idle connections stay idle")
     p.add_argument("--idle-timeout", type=float, default=30.0, help="seconds to wait for every idle call's answer")
+    p.add_argument("--runner-args", default="", help='extra flags for the runner, e.g. "--cpu auto"')
     p.add_argument("--runner-root", type=Path, default=ROOT, help="checkout whose runner package to run")
     p.add_argument("--json", type=Path, help="write raw and summarised results to this file")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 and 16 conns, short points, one run")
@@ -331,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs, "
         f"{'pinned (server CPU 0, load generator CPU 1)' if opts.pin else 'unpinned'}, "
         f"load generator {'busy-polling' if opts.busy_poll else 'sleeping in epoll_wait'}, "
+        f"runner flags: {opts.runner_args or 'none'}, "
         f"{opts.duration:g} s per point after {opts.warmup:g} s warm-up, median of {opts.repeat} run(s).",
         "Runner cells show (runner / reference) in parentheses.",
         "Cores: CPU used during the measured window by the server, by the load generator, and by everything else",
