@@ -129,18 +129,21 @@ class _Table:
             return None
         return self._buf[vec[0] : vec[0] + vec[1]].decode("utf-8", "surrogateescape")
 
-    def entries(self, slot: int) -> list[tuple[str, str | None]]:
-        """A ``[TextEntry]`` field as ``(name, value)`` pairs; ``value`` is ``None`` when absent."""
+    def entries(self, slot: int) -> list[tuple[str, str]]:
+        """A ``[TextEntry]`` field as ``(name, value)`` pairs; an absent value reads as ``""``.
+
+        A valueless TextEntry is a bare query arg (``?flag``); plugins read it as "".
+        """
         vec = self._vector(slot, 4)
         return [] if vec is None else _text_entries(self._buf, *vec)
 
 
-def _text_entries(buf: Buffer, start: int, count: int) -> list[tuple[str, str | None]]:
+def _text_entries(buf: Buffer, start: int, count: int) -> list[tuple[str, str]]:
     # The hot decode path (every header of every request a plugin reads): the
     # TextEntry tables are walked inline, with the same checks as ``_Table``;
     # a struct.error from a read past the end becomes a DecodeError upstream.
     size = len(buf)
-    out: list[tuple[str, str | None]] = []
+    out: list[tuple[str, str]] = []
     for p in range(start, start + 4 * count, 4):
         table = p + _u32(buf, p)[0]
         vt = table - _i32(buf, table)[0]
@@ -152,7 +155,7 @@ def _text_entries(buf: Buffer, start: int, count: int) -> list[tuple[str, str | 
             vt_len, name_at, value_at = _u16(buf, vt)[0], 0, 0
             if vt_len >= 6:
                 name_at = _u16(buf, vt + 4)[0]
-        name = value = None
+        name = value = ""
         if vt_len >= 6 and name_at:
             at = table + name_at
             at += _u32(buf, at)[0]
@@ -167,7 +170,7 @@ def _text_entries(buf: Buffer, start: int, count: int) -> list[tuple[str, str | 
             if end > size:
                 raise DecodeError("string runs past the payload")
             value = buf[at + 4 : end].decode("utf-8", "surrogateescape")
-        out.append((name or "", value))
+        out.append((name, value))
     return out
 
 
@@ -206,10 +209,10 @@ class ReqCall:
         return self._decode(lambda t: t.bytes(1) or b"", "src_ip")
 
     def args(self) -> list[tuple[str, str]]:
-        return self._decode(lambda t: _present(t.entries(4)), "args")
+        return self._decode(lambda t: t.entries(4), "args")
 
     def headers(self) -> list[tuple[str, str]]:
-        return self._decode(lambda t: _present(t.entries(5)), "headers")
+        return self._decode(lambda t: t.entries(5), "headers")
 
     def _decode(self, read: Callable[[_Table], T], what: str) -> T:
         try:
@@ -225,16 +228,11 @@ class RespCall(NamedTuple):
     headers: list[tuple[str, str]]
 
 
-def _present(entries: Entries) -> list[tuple[str, str]]:
-    # A valueless TextEntry is a bare query arg (``?flag``); plugins read it as "".
-    return [(n, "" if v is None else v) for n, v in entries]
-
-
 def parse_prepare_conf(payload: Buffer) -> PrepareConf:
     """``A6.PrepareConf.Req``: the route's ordered ``(plugin name, conf)`` list and its key."""
     try:
         t = _root(payload)
-        return PrepareConf(t.text(1) or "", _present(t.entries(0)))
+        return PrepareConf(t.text(1) or "", t.entries(0))
     except struct.error as e:
         raise DecodeError(f"PrepareConf.Req: {e}") from None
 
@@ -253,7 +251,7 @@ def parse_resp_call(payload: Buffer) -> RespCall:
     """``A6.HTTPRespCall.Req`` (not in a6pluginprotos 0.2.1): id 0, status 1, headers 2, token 3."""
     try:
         t = _root(payload)
-        return RespCall(id=t.u32(0), conf_token=t.u32(3), status=t.u16(1), headers=_present(t.entries(2)))
+        return RespCall(id=t.u32(0), conf_token=t.u32(3), status=t.u16(1), headers=t.entries(2))
     except struct.error as e:
         raise DecodeError(f"HTTPRespCall.Req: {e}") from None
 
