@@ -266,13 +266,13 @@ def parse_extra_info_resp(payload: Buffer) -> bytes | None:
 
 # --- runner -> APISIX -------------------------------------------------------
 #
-# Replies are written front to back in one bytearray, without a Builder: the
-# root offset, then each table as [vtable][table], then the table's children
-# (strings, vectors, sub-tables) after it, so every uoffset points forward as
-# the format requires. Tables start 4-aligned; every scalar gets a 4-byte cell
-# (a little-endian u32 cell reads correctly as a u8 or u16 field). The output
-# is an ordinary FlatBuffer: the tests read every encoder's output back with
-# the generic ``flatbuffers``/``a6pluginprotos`` readers. It is several times
+# Replies are written front to back, without a Builder: the root offset, the
+# vtables, the root table (and the table of its union member right after it),
+# then the children (strings, vectors), so every uoffset points forward as the
+# format requires. Tables start 4-aligned; every scalar gets a 4-byte cell (a
+# little-endian u32 cell reads correctly as a u8 or u16 field). The output is
+# an ordinary FlatBuffer: the tests read every encoder's output back with the
+# generic ``flatbuffers``/``a6pluginprotos`` readers. It is several times
 # faster than ``flatbuffers.Builder``, whose per-byte Python work dominated a call.
 
 _pack_u32 = struct.Struct("<I").pack
@@ -308,9 +308,10 @@ def _entry(name: str, value: str | None) -> bytes:
     return b"".join((_ENTRY_VT, head, raw, _ZEROS[n & 3], _pack_u32(len(rv)), rv, _ZEROS[len(rv) & 3]))
 
 
-# Plugins mostly send the same few headers; their entries are kept ready-made.
+# Plugins mostly send the same few headers; their (small) entries are kept ready-made.
 _entries: dict[tuple[str, str | None], bytes] = {}
 _ENTRIES_MAX = 4096
+_ENTRY_CACHED_MAX = 256  # bytes: a big per-request value is not worth keeping
 
 
 def _entry_vector(pairs: Entries) -> bytes:
@@ -327,9 +328,10 @@ def _entry_vector(pairs: Entries) -> bytes:
         entry = _entries.get(pair)
         if entry is None:
             entry = _entry(*pair)
-            if len(_entries) >= _ENTRIES_MAX:  # values built per request: do not grow without bound
-                _entries.clear()
-            _entries[pair] = entry
+            if len(entry) <= _ENTRY_CACHED_MAX:
+                if len(_entries) >= _ENTRIES_MAX:  # values built per request: do not grow without bound
+                    _entries.clear()
+                _entries[pair] = entry
         cells.append(pos + 4 - 4 * len(cells))
         blobs.append(entry)
         pos += len(entry)
