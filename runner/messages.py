@@ -20,7 +20,8 @@ from __future__ import annotations
 import functools
 import struct
 from collections.abc import Callable, Sequence
-from itertools import compress
+from itertools import accumulate, compress
+from operator import sub
 from typing import NamedTuple, TypeVar
 
 from .errors import DecodeError, ErrCode
@@ -360,6 +361,8 @@ def encode_no_action(id: int) -> bytes:
 
 def _child(child: object) -> bytes:
     """A table's child as bytes: a ``[ubyte]`` vector, a string or a ``[TextEntry]`` vector."""
+    if type(child) is list:  # the usual child: headers or args
+        return _entry_vector(child)
     if isinstance(child, bytes):
         return b"".join((_pack_u32(len(child)), child, _PAD[len(child) & 3]))
     if isinstance(child, str):
@@ -425,6 +428,7 @@ def _union_shape(
     return _shape([_vt(root_slots), member_vt], consts, lead, len(scalar_slots), len(child_slots))
 
 
+@functools.cache
 def _req_call_shape(
     action_type: int, has_id: bool, scalar_slots: tuple[int, ...], child_slots: tuple[int, ...]
 ) -> _Shape:
@@ -435,14 +439,9 @@ def _req_call_shape(
 def _reply(shape: _Shape, lead: tuple[int, ...], scalars: Sequence[int], children: Sequence[object]) -> bytes:
     if not children:
         return shape.head + shape.pack(*lead, *shape.consts, *scalars)
-    pos = shape.size
-    blobs = []
-    offsets = []
-    for cell, child in zip(shape.child_cells, children, strict=False):  # equal lengths: one shape per set of children
-        blob = _child(child)
-        offsets.append(pos - cell)
-        pos += len(blob)
-        blobs.append(blob)
+    blobs = [_child(child) for child in children]
+    # Each child starts where the previous one ends; a cell holds the distance to it.
+    offsets = map(sub, accumulate(map(len, blobs), initial=shape.size), shape.child_cells)
     return b"".join((shape.head, shape.pack(*lead, *shape.consts, *scalars, *offsets), *blobs))
 
 
@@ -459,12 +458,30 @@ def _encode(scalars: tuple[int, ...], children: tuple[object, ...], action_type:
     return _reply(shape, (id,) if id else (), values, kids)
 
 
+# Stop replies mostly repeat (the same denial on every call): each small one is
+# kept as the bytes around its id cell, which comes right after the shape's head.
+_stops: dict[tuple[int, tuple[tuple[str, str | None], ...], bytes | None], tuple[bytes, bytes]] = {}
+_STOPS_MAX = 1024
+_STOP_CACHED_MAX = 2048  # bytes of reply: bigger ones are not worth keeping
+
+
 def encode_stop(id: int, status: int, headers: Entries, body: bytes | None) -> bytes:
     """``HTTPReqCall.Resp`` with a Stop: APISIX answers the client with it (an empty body cannot be sent)."""
-    # The hottest reply: the shape lookup and fill of ``_encode``, unrolled.
+    cacheable = id and (body is None or len(body) < _STOP_CACHED_MAX)
+    if cacheable:
+        key = (status, tuple(headers), body)
+        around = _stops.get(key)
+        if around is not None:
+            return b"".join((around[0], _pack_u32(id), around[1]))
     present = (headers, body)
     shape = _req_call_shape(_ACTION_STOP, bool(id), (0,) if status else (), tuple(compress((1, 2), present)))
-    return _reply(shape, (id,) if id else (), (status,) if status else (), list(filter(None, present)))
+    reply = _reply(shape, (id,) if id else (), (status,) if status else (), list(filter(None, present)))
+    if cacheable and len(reply) <= _STOP_CACHED_MAX:
+        if len(_stops) >= _STOPS_MAX:  # stops built per request: do not grow without bound
+            _stops.clear()
+        at = len(shape.head)
+        _stops[key] = (reply[:at], reply[at + 4 :])
+    return reply
 
 
 def encode_rewrite(

@@ -346,6 +346,21 @@ def test_stop_reply_without_body_or_headers_leaves_those_fields_out() -> None:
         assert stop.BodyIsNone()  # an empty body cannot be sent (protocol.md §5.3)
 
 
+def test_repeated_stop_replies_each_carry_their_own_id_and_fields() -> None:
+    # Small stops are served from ready-made bytes: each must still be whole and its own.
+    for id_ in (1, 0xFFFFFFFF, 42, 1):
+        for status, headers, body in [(403, [("X-A", "1")], b"no"), (401, [("X-A", "1")], b"no"), (403, [], None)]:
+            reply = decode_req_call_reply(messages.encode_stop(id_, status, headers, body))
+            assert (reply.id, reply.status, reply.headers, reply.body) == (id_, status, headers, body)
+
+
+def test_stop_reply_with_a_body_too_big_to_keep_is_whole_every_time() -> None:
+    body = b"x" * 5000
+    for id_ in (7, 8):
+        reply = decode_req_call_reply(messages.encode_stop(id_, 403, [("X-Big", "y" * 3000)], body))
+        assert (reply.id, reply.headers, reply.body) == (id_, [("X-Big", "y" * 3000)], body)
+
+
 # --- HTTPReqCall.Resp: Rewrite -----------------------------------------------------
 
 
