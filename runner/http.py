@@ -59,6 +59,9 @@ def _text(value: object, what: str) -> str:
 
 # RFC 9110 token characters: anything else in a header name makes nginx refuse it.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Names already found valid: plugins set the same few headers on every call.
+_valid_names: set[str] = set()
+_VALID_NAMES_MAX = 4096
 
 
 Pairs = Union["MultiDict", Mapping[str, object], Iterable[tuple[str, object]]]
@@ -159,7 +162,8 @@ class MultiDict:
         """Replace every value of ``name`` by ``value``, keeping the first one's position."""
         name = self._name(name)
         text = _text(value, "values")
-        self._touch(name)
+        if (touched := self._touched) is not None:
+            touched.add(self._fold(name))
         if self._load is not None:
             self._pending.append((name, text))
         else:
@@ -245,8 +249,7 @@ class MultiDict:
             raise KeyError(name)
         return value
 
-    def __setitem__(self, name: str, value: object) -> None:
-        self.set(name, value)
+    __setitem__ = set  # (an alias, not a wrapper: setting a header is the hot path)
 
     def __delitem__(self, name: str) -> None:
         self.remove(name)
@@ -332,8 +335,12 @@ class Headers(MultiDict):
 
     @staticmethod
     def _name(name: str) -> str:
+        if type(name) is str and name in _valid_names:
+            return name
         if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
             raise ValueError(f"not a valid header name: {name!r}")
+        if len(_valid_names) < _VALID_NAMES_MAX:
+            _valid_names.add(name)
         return name
 
 
@@ -568,6 +575,18 @@ class Response:
         # give inside a request call).
         self._body_kind = InfoKind.RESP_BODY if upstream else None
         self._extra = ExtraCache.of(ask)
+
+    @classmethod
+    def _blank(cls, extra: ExtraCache) -> Response:
+        """The empty 200 a request-phase call starts with (``Response(ask=extra)``, built faster)."""
+        self = cls.__new__(cls)
+        self._status = 200
+        self._headers = Headers()
+        self._body = None
+        self._body_set = False
+        self._body_kind = None
+        self._extra = extra
+        return self
 
     @property
     def status_code(self) -> int:
