@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 #: Sends an ExtraInfo.Req payload on the call's connection and returns the ExtraInfo.Resp payload.
 Exchange = Callable[[bytes], messages.Buffer]
 
+_PREPARE_CONF, _REQ_CALL, _RESP_CALL = (
+    int(t) for t in (MessageType.PREPARE_CONF, MessageType.HTTP_REQ_CALL, MessageType.HTTP_RESP_CALL)
+)
 _ERR_FRAMES = {code: frame.encode(MessageType.ERROR, messages.encode_err(code)) for code in ErrCode}
 # Metric labels; anything else a peer sends counts as "other".
 _TYPE_NAMES = {
@@ -84,12 +87,14 @@ class Dispatcher:
         """The reply frame for one request frame. Raises only ``CallAbandoned``."""
         outcome = "ok"
         try:
-            if type_ == MessageType.HTTP_REQ_CALL:
-                return frame.encode(MessageType.HTTP_REQ_CALL, self._req_call(payload, exchange))
-            if type_ == MessageType.PREPARE_CONF:
-                return frame.encode(MessageType.PREPARE_CONF, self._prepare_conf(payload))
-            if type_ == MessageType.HTTP_RESP_CALL:
-                return frame.encode(MessageType.HTTP_RESP_CALL, self._resp_call(payload, exchange))
+            if type_ == _REQ_CALL:  # (plain ints: an enum member costs a lookup, per call)
+                req = messages.parse_req_call(payload)
+                return frame.encode(_REQ_CALL, run_request_phase(self._lookup(req), req, exchange, self.metrics))
+            if type_ == _PREPARE_CONF:
+                return frame.encode(_PREPARE_CONF, self._prepare_conf(payload))
+            if type_ == _RESP_CALL:
+                resp = messages.parse_resp_call(payload)
+                return frame.encode(_RESP_CALL, run_response_phase(self._lookup(resp), resp, exchange, self.metrics))
             raise DecodeError(f"unexpected message type {type_}")
         except CallAbandoned:
             outcome = "abandoned"
@@ -158,21 +163,11 @@ class Dispatcher:
             tuple(p for p in chain if has_response_filter(p[1])),
         )
 
-    def _lookup(self, token: int) -> Prepared:
-        prepared = self.cache.get(token)
+    def _lookup(self, call: messages.ReqCall | messages.RespCall) -> Prepared:
+        prepared = self.cache.get(call.conf_token)
         if prepared.error:
-            raise ConfUnusable(f"conf token {token} is unusable: {prepared.error}")
+            raise ConfUnusable(f"conf token {call.conf_token} is unusable: {prepared.error}")
         return prepared
-
-    # --- HTTPReqCall -------------------------------------------------------
-
-    def _req_call(self, payload: messages.Buffer, exchange: Exchange) -> bytes:
-        call = messages.parse_req_call(payload)
-        return run_request_phase(self._lookup(call.conf_token), call, exchange, self.metrics)
-
-    def _resp_call(self, payload: messages.Buffer, exchange: Exchange) -> bytes:
-        call = messages.parse_resp_call(payload)
-        return run_response_phase(self._lookup(call.conf_token), call, exchange, self.metrics)
 
 
 def _run(
