@@ -94,6 +94,8 @@ def check(config: Config) -> int:
             # Fine under systemd (ExecStartPre gets no LISTEN_FDS; ExecStart will) or
             # when APISIX spawns the runner; `run` refuses to start without one.
             print("socket: none configured (run needs --socket, APISIX_LISTEN_ADDRESS or systemd's socket)")
+        if config.cpu is not None:
+            print(f"cpu {config.cpu}: ok (CPU {_cpu(config.cpu)} here)")
         registry = load_plugins(config.plugins)
     except RunnerError as e:
         print(f"error: {e}")
@@ -136,23 +138,31 @@ def _watch_stdin(events: queue.SimpleQueue[str]) -> None:
     events.put("parent-gone")
 
 
-def _pin(cpu: int | str | None) -> None:
+def _cpu(setting: int | str | None) -> int | None:
+    """The CPU the ``cpu`` setting names here (``None``: no pinning); ``ConfigError`` if not allowed."""
+    if setting is None:
+        return None
+    allowed = os.sched_getaffinity(0)
+    if setting == "auto":
+        with open("/proc/self/stat") as f:  # field 39: the CPU this process last ran on
+            current = int(f.read().rsplit(")", 1)[1].split()[36])
+        return current if current in allowed else min(allowed)
+    if setting not in allowed:
+        shown = ", ".join(map(str, sorted(allowed)))
+        raise ConfigError(f"cpu: {setting} is not one this process may run on ({shown})")
+    return int(setting)
+
+
+def _pin(setting: int | str | None) -> None:
     """Keep every thread on one CPU (threads started later inherit it).
 
     Only one thread runs Python at a time anyway; spread over several CPUs,
     every GIL hand-off between connection threads becomes a cross-CPU wake-up.
     """
-    if cpu is None:
-        return
-    allowed = os.sched_getaffinity(0)
-    if cpu == "auto":
-        with open("/proc/self/stat") as f:  # field 39: the CPU this process last ran on
-            current = int(f.read().rsplit(")", 1)[1].split()[36])
-        cpu = current if current in allowed else min(allowed)
-    if cpu not in allowed:
-        raise ConfigError(f"cpu: {cpu} is not one this process may run on ({', '.join(map(str, sorted(allowed)))})")
-    os.sched_setaffinity(0, {int(cpu)})
-    log.info("pinned to CPU %d", cpu)
+    cpu = _cpu(setting)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+        log.info("pinned to CPU %d", cpu)
 
 
 def _keep_big_buffers_in_the_heap() -> None:

@@ -6,9 +6,9 @@ Rules:
   by comparing with what APISIX sent (``MultiDict.changes``), so a plugin that
   only reads produces no action and repeated headers are never collapsed.
 * Nothing of a request is decoded before a plugin reads it. Headers or args
-  that are only set or deleted are never decoded: those changes are sent as
-  made, without comparing (setting a header to the value it has is a no-op
-  for APISIX anyway).
+  that are only set are never decoded: those sets are sent as made, without
+  comparing (setting a header to the value it has is a no-op for APISIX
+  anyway). A deletion decodes them, so only names that were there are sent.
 * Text is ``str``. Bytes from APISIX are decoded as UTF-8 with
   ``surrogateescape`` and encoded back the same way, so header values, args and
   paths in any encoding survive a round trip unchanged.
@@ -24,6 +24,7 @@ import builtins
 import enum
 import ipaddress
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol, Self, Union
 
@@ -59,6 +60,9 @@ def _text(value: object, what: str) -> str:
 
 # RFC 9110 token characters: anything else in a header name makes nginx refuse it.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Held while a lazy mapping loads (rarely, and briefly).
+_loading = threading.Lock()
+
 # Names already found valid: plugins set the same few headers on every call.
 _valid_names: set[str] = set()
 _VALID_NAMES_MAX = 4096
@@ -79,7 +83,7 @@ class MultiDict:
 
     __slots__ = ("_items", "_touched", "_load", "_pending", "_original")
     _items: list[tuple[str, str]]
-    _pending: list[tuple[str, str | None]]  # (name, value or None = removed)
+    _pending: list[tuple[str, str]]  # sets not yet applied, in order
 
     def __init__(self, items: Pairs = ()) -> None:
         self._items = []
@@ -97,9 +101,10 @@ class MultiDict:
     def _lazy(cls, load: Loader) -> Self:
         """A mapping of the pairs ``load()`` returns, decoded only when something reads it.
 
-        Until then ``set`` and ``remove`` are only recorded (``_pending``): a plugin
-        that just sets a header costs no decoding of the others. The first read
-        (``_items`` is still unset then) loads and replays them (``__getattr__``).
+        Until then ``set`` is only recorded (``_pending``): a plugin that just
+        sets a header costs no decoding of the others. The first read, or a
+        removal (which must know whether the name is there), loads the pairs and
+        replays the sets (``__getattr__``, where ``_items`` is still unset).
         """
         self = cls.__new__(cls)
         self._touched = set()
@@ -110,19 +115,18 @@ class MultiDict:
 
     def __getattr__(self, attr: str) -> list[tuple[str, str]]:
         # Only reached for the unset ``_items`` slot of a ``_lazy`` mapping.
-        load = self._load
-        if attr != "_items" or load is None:
+        if attr != "_items" or self._load is None:
             raise AttributeError(attr)
-        self._original = load()
-        self._load = None
-        self._items = list(self._original)
-        for name, value in self._pending:
-            if value is None:
-                self._remove(name)
-            else:
-                self._set(name, value)
-        self._pending.clear()
-        return self._items
+        with _loading:  # two threads of one plugin may read it first at once
+            load = self._load
+            if load is None:  # the other one loaded it
+                return self._items
+            original = load()
+            items = list(original)
+            for name, value in self._pending:
+                self._set(items, name, value)
+            self._original, self._items, self._load = original, items, None
+            return items
 
     @staticmethod
     def _fold(name: str) -> str:
@@ -167,13 +171,12 @@ class MultiDict:
         if self._load is not None:
             self._pending.append((name, text))
         else:
-            self._set(name, text)
+            self._set(self._items, name, text)
 
-    def _set(self, name: str, text: str) -> None:
+    def _set(self, items: list[tuple[str, str]], name: str, text: str) -> None:
         item = (name, text)
         fold = self._fold
         key = fold(name)
-        items = self._items
         for i, (n, _) in enumerate(items):
             if fold(n) == key:
                 # The common case is a single value: replace it in place.
@@ -198,15 +201,9 @@ class MultiDict:
 
     def remove(self, name: str) -> None:
         """Drop every value of ``name``; no error if there is none."""
-        self._touch(name)
-        if self._load is not None:
-            self._pending.append((name, None))
-        else:
-            self._remove(name)
-
-    def _remove(self, name: str) -> None:
         key = self._fold(name)
         self._items = [item for item in self._items if self._fold(item[0]) != key]
+        self._touch(name)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         key = self._fold(name)
@@ -292,10 +289,10 @@ class MultiDict:
         touched = self._touched
         if touched is not None and not touched:
             return []
-        if self._load is not None:
+        if self._load is not None:  # only sets so far: each name's last one
             last: dict[str, tuple[str, list[str] | None]] = {}
             for name, value in self._pending:
-                last[self._fold(name)] = (name, None if value is None else [value])
+                last[self._fold(name)] = (name, [value])
             return list(last.values())
         if original is None:
             original = self._baseline()

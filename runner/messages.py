@@ -156,6 +156,8 @@ def _text_entries(buf: Buffer, start: int, count: int) -> list[tuple[str, str]]:
             vt_len, name_at, value_at = _u16(buf, vt)[0], 0, 0
             if vt_len >= 6:
                 name_at = _u16(buf, vt + 4)[0]
+        if vt_len < 4 or vt + vt_len > size:  # as ``_Table``: the whole vtable must be there
+            raise DecodeError(f"vtable of {vt_len} bytes does not fit the payload")
         name = value = ""
         if vt_len >= 6 and name_at:
             at = table + name_at

@@ -396,6 +396,14 @@ def test_cpu_the_process_may_not_use_exits_1_naming_it() -> None:
     assert "cpu: 4095 is not one this process may run on" in result.stderr
 
 
+def test_check_refuses_a_cpu_the_process_may_not_use(short_dir: Path) -> None:
+    result = cli("check", "--plugins", str(TEST_PLUGINS), "--cpu", "4095")
+    assert result.returncode == 1
+    assert "cpu: 4095 is not one this process may run on" in result.stdout
+    allowed = cli("check", "--plugins", str(TEST_PLUGINS), "--cpu", str(min(os.sched_getaffinity(0))))
+    assert allowed.returncode == 0, allowed.stdout
+
+
 def test_metrics_endpoint_counts_calls_errors_extra_info_and_gauges() -> None:
     port = _free_port()
     with RunnerProcess(TEST_PLUGINS, args=["--metrics-port", str(port)]) as proc, proc.client() as c:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -577,14 +579,24 @@ class _Source:
         return list(self._args)
 
 
-def test_setting_and_deleting_unread_headers_and_args_decodes_none_of_them() -> None:
-    source = _Source(ORIGINAL, [("a", "1")])
+def test_setting_unread_headers_and_args_decodes_none_of_them() -> None:
+    source = _Source(ORIGINAL, (("a", "1"),))
     request = Request.from_apisix(1, "GET", source, None)
     request.headers["X-New"] = "1"
-    del request.headers["x-resp"]
     request.args["b"] = "2"
-    assert request.changes() == (None, [("X-New", ["1"]), ("x-resp", None)], [("b", ["2"])])
+    assert request.changes() == (None, [("X-New", ["1"])], [("b", ["2"])])
     assert source.decoded == []
+
+
+def test_deleting_from_unread_headers_and_args_reports_only_names_that_were_there() -> None:
+    source = _Source(ORIGINAL, (("a", "1"),))
+    request = Request.from_apisix(1, "GET", source, None)
+    del request.headers["X-RESP"]
+    del request.headers["X-Internal"]
+    del request.headers["X\r\nInjected: 1"]
+    del request.args["debug"]
+    assert request.changes() == (None, [("x-resp", None)], [])
+    assert source.decoded == ["headers", "args"]
 
 
 def test_headers_set_before_being_read_take_the_first_position_once_read() -> None:
@@ -623,3 +635,22 @@ def test_a_read_only_plugin_of_a_lazy_request_changes_nothing() -> None:
     _ = (request.headers.get("host"), request.args["a"], request.path, request.src_ip)
     assert request.changes() == (None, [], [])
     assert request.src_ip == "127.0.0.1"
+
+
+def test_two_threads_reading_unread_headers_first_keep_the_sets_made_before() -> None:
+    class SlowSource(_Source):
+        def headers(self) -> list[tuple[str, str]]:
+            time.sleep(0.01)  # both readers are inside the first load at once
+            return super().headers()
+
+    source = SlowSource([("host", "h")])
+    request = Request.from_apisix(1, "GET", source, None)
+    request.headers["X-Auth"] = "ok"
+    readers = [threading.Thread(target=request.headers.get, args=("host",)) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    assert request.headers.items() == [("host", "h"), ("X-Auth", "ok")]
+    assert request.changes()[1] == [("X-Auth", ["ok"])]
+    assert source.decoded == ["headers"]

@@ -566,6 +566,23 @@ def test_forged_huge_vector_lengths_are_rejected(forged: int) -> None:
                 parse(bytes(forged_payload))
 
 
+def test_text_entry_vtable_cut_off_by_the_end_of_the_payload_is_rejected() -> None:
+    # PrepareConf.Req{conf: [TextEntry]} whose one entry's vtable sits last and
+    # claims 8 bytes (a value slot) where only 6 remain.
+    payload = b"".join(
+        (
+            struct.pack("<I", 12),  # root table at 12
+            struct.pack("<3H", 6, 8, 4) + b"\0\0",  # root vtable: conf at +4
+            struct.pack("<iI", 8, 4),  # root table: soffset, conf -> vector at 20
+            struct.pack("<II", 1, 4),  # vector of 1: entry table at 28
+            struct.pack("<i", -4),  # entry table, its vtable right after it
+            struct.pack("<3H", 8, 4, 0),  # entry vtable: 8 bytes claimed, 6 present
+        )
+    )
+    with pytest.raises(DecodeError, match="does not fit"):
+        messages.parse_prepare_conf(payload)
+
+
 def test_forged_vector_length_inside_a_text_entry_is_rejected() -> None:
     payload = bytearray(prepare_conf_req([("plugin", "value")], "k"))
     # Forge every 4-byte word that currently reads as a string length of 6 ("plugin") or 5 ("value").
