@@ -206,7 +206,7 @@ def run_request_phase(
         return messages.encode_no_action(call.id)
     extra = ExtraCache(_asker(exchange, metrics))
     request = Request.from_apisix(call.id, call.method, call, extra)
-    response = Response._blank(extra)
+    response = Response(ask=extra)
     for name, plugin in prepared.request_chain:
         if _run(name, "filter", call, metrics, call_filter, plugin, request, response):
             headers = [(n, v) for n, v in response.headers.items() if n.lower() not in _HOP_BY_HOP]

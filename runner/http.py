@@ -166,8 +166,7 @@ class MultiDict:
         """Replace every value of ``name`` by ``value``, keeping the first one's position."""
         name = self._name(name)
         text = _text(value, "values")
-        if (touched := self._touched) is not None:
-            touched.add(self._fold(name))
+        self._touch(name)
         if self._load is not None:
             self._pending.append((name, text))
         else:
@@ -572,18 +571,6 @@ class Response:
         # give inside a request call).
         self._body_kind = InfoKind.RESP_BODY if upstream else None
         self._extra = ExtraCache.of(ask)
-
-    @classmethod
-    def _blank(cls, extra: ExtraCache) -> Response:
-        """The empty 200 a request-phase call starts with (``Response(ask=extra)``, built faster)."""
-        self = cls.__new__(cls)
-        self._status = 200
-        self._headers = Headers()
-        self._body = None
-        self._body_set = False
-        self._body_kind = None
-        self._extra = extra
-        return self
 
     @property
     def status_code(self) -> int:

@@ -34,6 +34,8 @@ Buffer = bytes | bytearray
 Entries = Sequence[tuple[str, str | None]]
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 # A6.Method, in enum order; GET (0) is the default and usually absent.
 METHODS = (
@@ -82,25 +84,17 @@ class _Table:
             return self._pos + offsets[slot]
         return 0
 
-    # The scalar readers inline ``_field``: they run several times per call.
-
     def u8(self, slot: int) -> int:
-        offsets = self._offsets
-        if slot < len(offsets) and offsets[slot]:
-            return _u8(self._buf, self._pos + offsets[slot])[0]  # type: ignore[no-any-return]
-        return 0
+        at = self._field(slot)
+        return _u8(self._buf, at)[0] if at else 0
 
     def u16(self, slot: int) -> int:
-        offsets = self._offsets
-        if slot < len(offsets) and offsets[slot]:
-            return _u16(self._buf, self._pos + offsets[slot])[0]  # type: ignore[no-any-return]
-        return 0
+        at = self._field(slot)
+        return _u16(self._buf, at)[0] if at else 0
 
     def u32(self, slot: int) -> int:
-        offsets = self._offsets
-        if slot < len(offsets) and offsets[slot]:
-            return _u32(self._buf, self._pos + offsets[slot])[0]  # type: ignore[no-any-return]
-        return 0
+        at = self._field(slot)
+        return _u32(self._buf, at)[0] if at else 0
 
     def _vector(self, slot: int, item_size: int) -> tuple[int, int] | None:
         at = self._field(slot)
@@ -158,23 +152,19 @@ def _text_entries(buf: Buffer, start: int, count: int) -> list[tuple[str, str]]:
                 name_at = _u16(buf, vt + 4)[0]
         if vt_len < 4 or vt + vt_len > size:  # as ``_Table``: the whole vtable must be there
             raise DecodeError(f"vtable of {vt_len} bytes does not fit the payload")
-        name = value = ""
-        if vt_len >= 6 and name_at:
-            at = table + name_at
-            at += _u32(buf, at)[0]
-            end = at + 4 + _u32(buf, at)[0]
-            if end > size:
-                raise DecodeError("string runs past the payload")
-            name = buf[at + 4 : end].decode("utf-8", "surrogateescape")
-        if vt_len >= 8 and value_at:
-            at = table + value_at
-            at += _u32(buf, at)[0]
-            end = at + 4 + _u32(buf, at)[0]
-            if end > size:
-                raise DecodeError("string runs past the payload")
-            value = buf[at + 4 : end].decode("utf-8", "surrogateescape")
+        name = _string_at(buf, table + name_at, size) if vt_len >= 6 and name_at else ""
+        value = _string_at(buf, table + value_at, size) if vt_len >= 8 and value_at else ""
         out.append((name, value))
     return out
+
+
+def _string_at(buf: Buffer, at: int, size: int) -> str:
+    """The string the uoffset at ``at`` points to."""
+    start = at + _u32(buf, at)[0]
+    end = start + 4 + _u32(buf, start)[0]
+    if end > size:
+        raise DecodeError("string runs past the payload")
+    return buf[start + 4 : end].decode("utf-8", "surrogateescape")
 
 
 def _root(payload: Buffer) -> _Table:
@@ -299,6 +289,14 @@ _ENTRY_HEAD = struct.Struct("<iIII").pack
 _vector_heads: dict[int, struct.Struct] = {}
 
 
+def _keep(cache: dict[K, V], key: K, value: V, limit: int) -> None:
+    """Remember ``value``, emptying ``cache`` first when it is full: values made per
+    request (ids, timestamps) must not grow it without bound."""
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = value
+
+
 def _entry(name: str, value: str | None) -> bytes:
     """One TextEntry: its vtable, its table, then its strings (every offset relative)."""
     raw = name.encode("utf-8", "surrogateescape")
@@ -332,9 +330,7 @@ def _entry_vector(pairs: Entries) -> bytes:
         if entry is None:
             entry = _entry(*pair)
             if len(entry) <= _ENTRY_CACHED_MAX:
-                if len(_entries) >= _ENTRIES_MAX:  # values built per request: do not grow without bound
-                    _entries.clear()
-                _entries[pair] = entry
+                _keep(_entries, pair, entry, _ENTRIES_MAX)
         cells.append(pos + 4 - 4 * len(cells))
         blobs.append(entry)
         pos += len(entry)
@@ -430,14 +426,6 @@ def _union_shape(
     return _shape([_vt(root_slots), member_vt], consts, lead, len(scalar_slots), len(child_slots))
 
 
-@functools.cache
-def _req_call_shape(
-    action_type: int, has_id: bool, scalar_slots: tuple[int, ...], child_slots: tuple[int, ...]
-) -> _Shape:
-    """``HTTPReqCall.Resp{[id 0], action_type 1, action 2}``."""
-    return _union_shape((0, 1, 2) if has_id else (1, 2), has_id, action_type, scalar_slots, child_slots)
-
-
 def _reply(shape: _Shape, lead: tuple[int, ...], scalars: Sequence[int], children: Sequence[object]) -> bytes:
     if not children:
         return shape.head + shape.pack(*lead, *shape.consts, *scalars)
@@ -456,12 +444,14 @@ def _encode(scalars: tuple[int, ...], children: tuple[object, ...], action_type:
     kids = list(filter(None, children))
     if not action_type:
         return _reply(_root_shape(scalar_slots, child_slots), (), values, kids)
-    shape = _req_call_shape(action_type, bool(id), scalar_slots, child_slots)
-    return _reply(shape, (id,) if id else (), values, kids)
+    # HTTPReqCall.Resp{[id 0], action_type 1, action 2}
+    if id:
+        return _reply(_union_shape((0, 1, 2), 1, action_type, scalar_slots, child_slots), (id,), values, kids)
+    return _reply(_union_shape((1, 2), 0, action_type, scalar_slots, child_slots), (), values, kids)
 
 
 # Stop replies mostly repeat (the same denial on every call): each small one is
-# kept as the bytes around its id cell, which comes right after the shape's head.
+# kept as the bytes around its id cell.
 _stops: dict[tuple[int, tuple[tuple[str, str | None], ...], bytes | None], tuple[bytes, bytes]] = {}
 _STOPS_MAX = 1024
 _STOP_CACHED_MAX = 2048  # bytes of reply: bigger ones are not worth keeping
@@ -475,14 +465,10 @@ def encode_stop(id: int, status: int, headers: Entries, body: bytes | None) -> b
         around = _stops.get(key)
         if around is not None:
             return b"".join((around[0], _pack_u32(id), around[1]))
-    present = (headers, body)
-    shape = _req_call_shape(_ACTION_STOP, bool(id), (0,) if status else (), tuple(compress((1, 2), present)))
-    reply = _reply(shape, (id,) if id else (), (status,) if status else (), list(filter(None, present)))
+    reply = _encode((status,), (headers, body), _ACTION_STOP, id)
     if cacheable and len(reply) <= _STOP_CACHED_MAX:
-        if len(_stops) >= _STOPS_MAX:  # stops built per request: do not grow without bound
-            _stops.clear()
-        at = len(shape.head)
-        _stops[key] = (reply[:at], reply[at + 4 :])
+        at = _u32(reply, 0)[0] + 4  # the id: the root table's first cell
+        _keep(_stops, key, (reply[:at], reply[at + 4 :]), _STOPS_MAX)
     return reply
 
 
@@ -517,11 +503,9 @@ def encode_extra_info_req(kind: InfoKind, name: str = "") -> bytes:
     key = (kind, name if kind is InfoKind.VAR else "")
     question = _questions.get(key)
     if question is None:
-        if len(_questions) >= _QUESTIONS_MAX:  # names built per request: do not grow without bound
-            _questions.clear()
         if kind is InfoKind.VAR:
             question = _reply(_union_shape((0, 1), 0, kind, (), (0,)), (), (), [name])
         else:  # ReqBody and RespBody are empty tables
             question = _reply(_union_shape((0, 1), 0, kind, (), ()), (), (), [])
-        _questions[key] = question
+        _keep(_questions, key, question, _QUESTIONS_MAX)
     return question

@@ -230,14 +230,6 @@ class Connection(socketserver.BaseRequestHandler):
         """The next whole frame; ``None`` at a clean EOF; ``FrameError`` at EOF inside a frame."""
         decoder = self._decoder
         sock = self.request
-        if not decoder.pending:
-            # The usual case: one recv brings exactly one whole frame.
-            data = sock.recv(_RECV_SIZE)
-            if not data:
-                return None
-            if (whole := decoder.whole_frame(data)) is not None:
-                return whole
-            decoder.feed(data)
         while (received := decoder.next_frame()) is None:
             if decoder.pending >= HEADER_LEN and decoder.missing() > _RECV_SIZE:
                 # A big frame (a body): receive the rest straight into a buffer of
@@ -255,6 +247,8 @@ class Connection(socketserver.BaseRequestHandler):
                 if decoder.pending:
                     raise FrameError(f"connection closed inside a frame ({decoder.pending} bytes buffered)")
                 return None
+            if (whole := decoder.whole_frame(data)) is not None:  # the usual read: exactly one frame
+                return whole
             decoder.feed(data)
         return received
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from conftest import run_in_threads
 
 from runner.cache import ConfCache
 from runner.errors import ErrCode, TokenNotFound
@@ -275,26 +276,16 @@ def test_concurrent_adds_and_gets_issue_unique_tokens() -> None:
     workers, per_worker = 8, 400
     start = threading.Barrier(workers)
     issued: list[list[int]] = [[] for _ in range(workers)]
-    errors: list[BaseException] = []
 
     def work(n: int) -> None:
-        try:
-            start.wait(timeout=30)
-            for i in range(per_worker):
-                token = cache.add((n, i), f"key-{n}-{i}", (n, i))
-                issued[n].append(token)
-                assert cache.get(token) == (n, i)
-                assert cache.find(f"key-{n}-{i}", (n, i)) == token
-        except BaseException as e:  # surfaced in the main thread below
-            errors.append(e)
+        start.wait(timeout=30)
+        for i in range(per_worker):
+            token = cache.add((n, i), f"key-{n}-{i}", (n, i))
+            issued[n].append(token)
+            assert cache.get(token) == (n, i)
+            assert cache.find(f"key-{n}-{i}", (n, i)) == token
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads)
-    assert errors == []
+    run_in_threads(work, [(n,) for n in range(workers)])
     tokens = [t for ts in issued for t in ts]
     assert len(tokens) == workers * per_worker
     assert len(set(tokens)) == len(tokens)

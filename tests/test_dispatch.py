@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from A6.Err.Resp import Resp as ErrResp
+from conftest import run_in_threads
 
 from runner import Plugin
 from runner.cache import ConfCache
@@ -118,14 +119,7 @@ def test_stop_decision_belongs_to_each_call_on_a_shared_instance() -> None:
             type_, payload = _call(d, token, headers)
             results[label] = decode_req_call_reply(payload).action
 
-        threads = [
-            threading.Thread(target=run, args=("stopper", [("x-stop", "1")])),
-            threading.Thread(target=run, args=("passer", [])),
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_in_threads(run, [("stopper", [("x-stop", "1")]), ("passer", [])])
     finally:
         StopIfAsked.barrier = None
     assert results == {"stopper": "stop", "passer": "rewrite"}

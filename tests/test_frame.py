@@ -171,11 +171,20 @@ def test_whole_frame_takes_exactly_one_frame_as_it_is(name: str, raw: bytes) -> 
 
 @pytest.mark.parametrize(("name", "raw"), SMALL)
 def test_whole_frame_refuses_partial_or_extra_bytes_which_feed_then_decodes(name: str, raw: bytes) -> None:
-    for data in [raw[:cut] for cut in range(len(raw))] + [raw + raw[:1], raw + raw]:
+    frame = _expected(raw)
+    for cut in range(len(raw)):
         decoder = FrameDecoder()
-        assert decoder.whole_frame(data) is None, f"{len(data)} bytes"
+        assert decoder.whole_frame(raw[:cut]) is None, f"{cut} bytes"
+        decoder.feed(raw[:cut])
+        assert _drain(decoder) == []
+        decoder.feed(raw[cut:])
+        assert _drain(decoder) == [frame], f"split at {cut}"
+    for data, frames, left in [(raw + raw[:1], [frame], 1), (raw + raw, [frame, frame], 0)]:
+        decoder = FrameDecoder()
+        assert decoder.whole_frame(data) is None
         decoder.feed(data)
-        assert decoder.pending == len(data)
+        assert _drain(decoder) == frames
+        assert decoder.pending == left
 
 
 def test_whole_frame_refuses_while_bytes_are_buffered() -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
 import pytest
+from conftest import run_in_threads
 
 from runner.http import Args, Headers, InfoKind, MultiDict, Request, Response
 
@@ -646,11 +646,7 @@ def test_two_threads_reading_unread_headers_first_keep_the_sets_made_before() ->
     source = SlowSource([("host", "h")])
     request = Request.from_apisix(1, "GET", source, None)
     request.headers["X-Auth"] = "ok"
-    readers = [threading.Thread(target=request.headers.get, args=("host",)) for _ in range(2)]
-    for reader in readers:
-        reader.start()
-    for reader in readers:
-        reader.join()
+    run_in_threads(request.headers.get, [("host",), ("host",)])
     assert request.headers.items() == [("host", "h"), ("X-Auth", "ok")]
     assert request.changes()[1] == [("X-Auth", ["ok"])]
     assert source.decoded == ["headers"]

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import run_in_threads
 
 from runner.errors import PluginLoadError
 from runner.http import Request, Response
@@ -378,21 +379,11 @@ def test_stop_and_rewrite_decisions_are_per_thread_on_a_shared_instance(monkeypa
     monkeypatch.setattr(Gate, "barrier", threading.Barrier(2, timeout=30))
     plugin = Gate()  # one instance, as for one conf token serving two requests at once
     results: dict[str, bool] = {}
-    errors: list[BaseException] = []
 
     def run(path: str) -> None:
-        try:
-            results[path] = call_filter(plugin, Request(path=path), Response())
-        except BaseException as e:  # surfaced in the main thread below
-            errors.append(e)
+        results[path] = call_filter(plugin, Request(path=path), Response())
 
-    threads = [threading.Thread(target=run, args=(p,)) for p in ("/stop", "/go")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads)
-    assert errors == []
+    run_in_threads(run, [("/stop",), ("/go",)])
     assert results == {"/stop": True, "/go": False}
 
 

@@ -10,7 +10,7 @@ import struct
 import threading
 
 import pytest
-from conftest import TEST_PLUGINS, act
+from conftest import TEST_PLUGINS, act, run_in_threads
 
 from runner.errors import ErrCode
 from runner.frame import MAX_PAYLOAD, MessageType
@@ -186,21 +186,14 @@ def test_hundred_concurrent_connections_each_get_their_own_answers(apisix_runner
     failures: list[str] = []
 
     def worker(i: int) -> None:
-        try:
-            with apisix_runner.client() as conn:
-                barrier.wait(timeout=30)
-                for j in range(20):
-                    reply = conn.http_req_call(tokens[i], id=i * 1000 + j)
-                    if reply.id != i * 1000 + j or reply.headers != [("X-N", str(i))]:
-                        failures.append(f"conn {i} call {j}: {reply}")
-        except Exception as e:  # collected and asserted below
-            failures.append(f"conn {i}: {e!r}")
+        with apisix_runner.client() as conn:
+            barrier.wait(timeout=30)
+            for j in range(20):
+                reply = conn.http_req_call(tokens[i], id=i * 1000 + j)
+                if reply.id != i * 1000 + j or reply.headers != [("X-N", str(i))]:
+                    failures.append(f"conn {i} call {j}: {reply}")
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(100)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(worker, [(i,) for i in range(100)])
     assert failures == []
 
 
