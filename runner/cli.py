@@ -95,7 +95,7 @@ def check(config: Config) -> int:
             # when APISIX spawns the runner; `run` refuses to start without one.
             print("socket: none configured (run needs --socket, APISIX_LISTEN_ADDRESS or systemd's socket)")
         if config.cpu is not None:
-            print(f"cpu {config.cpu}: ok (CPU {_cpu(config.cpu)} here)")
+            print(f"cpu {config.cpu}: ok (CPU {_resolve_cpu(config.cpu)} here)")
         registry = load_plugins(config.plugins)
     except RunnerError as e:
         print(f"error: {e}")
@@ -138,7 +138,7 @@ def _watch_stdin(events: queue.SimpleQueue[str]) -> None:
     events.put("parent-gone")
 
 
-def _cpu(setting: int | str | None) -> int | None:
+def _resolve_cpu(setting: int | str | None) -> int | None:
     """The CPU the ``cpu`` setting names here (``None``: no pinning); ``ConfigError`` if not allowed."""
     if setting is None:
         return None
@@ -159,7 +159,7 @@ def _pin(setting: int | str | None) -> None:
     Only one thread runs Python at a time anyway; spread over several CPUs,
     every GIL hand-off between connection threads becomes a cross-CPU wake-up.
     """
-    cpu = _cpu(setting)
+    cpu = _resolve_cpu(setting)
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
         log.info("pinned to CPU %d", cpu)

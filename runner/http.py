@@ -282,8 +282,8 @@ class MultiDict:
         ``(name, new values)``, or ``(name, None)`` if gone.
 
         Names whose values (in order) are unchanged are left out, so a read-only
-        plugin yields nothing. A mapping never read reports its recorded sets
-        and removals as they are, without comparing (that would mean decoding).
+        plugin yields nothing. A mapping never read reports its recorded sets as
+        they are, without comparing (that would mean decoding).
         """
         touched = self._touched
         if touched is not None and not touched:
