@@ -1,15 +1,18 @@
 """The conf-token cache: which prepared route conf each token APISIX holds stands for.
 
-Rules (protocol.md §5.1, §6):
+Rules (docs/protocol.md, conf tokens):
 
-* Tokens are uint32, never 0 (the FlatBuffers default, indistinguishable from
-  "absent"), start at a random value so that tokens a previous runner process
-  issued almost never name a live conf here, and are unique among live ones.
+* Tokens are uniformly random uint32 values, never 0 (the FlatBuffers default,
+  indistinguishable from "absent"), unique among live ones. Random, so that a
+  local peer cannot guess the tokens APISIX holds, and a token a previous
+  runner process issued almost never names a live conf here.
 * Each entry lives ``ttl`` seconds after its *last use* (a PrepareConf that
   returns it or a call that looks it up): APISIX may keep using a token up to
   about 1.9 x ``APISIX_CONF_EXPIRE_TIME`` after preparing it, so a fixed TTL
   would drop confs that are still in use.
-* At most ``max_entries`` live entries; the least recently used goes first.
+* At most ``max_entries`` live entries holding at most ``max_bytes`` (each
+  entry is charged the size its caller gives, the PrepareConf payload); the
+  least recently used go first.
 * A PrepareConf key returns the same token only while that token is live and
   was prepared from the same conf, so APISIX never gets a token that then
   answers CONF_TOKEN_NOT_FOUND.
@@ -33,39 +36,49 @@ _TOKEN_MASK = 0xFFFFFFFF
 
 
 class _Entry(Generic[T]):
-    __slots__ = ("value", "key", "conf", "expires")
+    __slots__ = ("value", "key", "conf", "expires", "size")
 
-    def __init__(self, value: T, key: str, conf: object, expires: float) -> None:
+    def __init__(self, value: T, key: str, conf: object, expires: float, size: int) -> None:
         self.value = value
         self.key = key
         self.conf = conf
         self.expires = expires
+        self.size = size
 
 
 class ConfCache(Generic[T]):
-    """Maps tokens to prepared confs (``T``), with a sliding TTL and LRU bound."""
+    """Maps tokens to prepared confs (``T``), with a sliding TTL and LRU bounds on entries and bytes."""
 
     def __init__(
         self,
         ttl: float,
         max_entries: int = 10_000,
+        max_bytes: int = 64 << 20,
         clock: Callable[[], float] = time.monotonic,
-        first_token: int | None = None,
+        tokens: Callable[[], int] = lambda: secrets.randbits(32),
     ) -> None:
-        if ttl <= 0 or max_entries < 1:
-            raise ValueError("ttl and max_entries must be positive")
+        if ttl <= 0 or max_entries < 1 or max_bytes < 1:
+            raise ValueError("ttl, max_entries and max_bytes must be positive")
         self.ttl = ttl
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.evicted = 0  # live entries dropped to stay within the bounds
         self._clock = clock
+        self._tokens = tokens
         self._lock = threading.Lock()
         self._entries: OrderedDict[int, _Entry[T]] = OrderedDict()  # least recently used first
         self._by_key: dict[str, int] = {}
-        self._next = secrets.randbits(32) if first_token is None else first_token
+        self._bytes = 0
 
     def __len__(self) -> int:
         with self._lock:
             self._expire(self._clock())
             return len(self._entries)
+
+    @property
+    def bytes(self) -> int:
+        """Bytes charged by the live entries."""
+        return self._bytes
 
     def find(self, key: str, conf: object) -> int | None:
         """The live token already prepared for ``key`` from the same ``conf``, refreshed; or ``None``."""
@@ -83,15 +96,17 @@ class ConfCache(Generic[T]):
             self._touch(token, entry, now)
             return token
 
-    def add(self, value: T, key: str = "", conf: object = None) -> int:
+    def add(self, value: T, key: str = "", conf: object = None, size: int = 0) -> int:
         """Store ``value`` under a new token and return the token."""
         with self._lock:
             now = self._clock()
             self._expire(now)
-            while len(self._entries) >= self.max_entries:
+            while self._entries and (len(self._entries) >= self.max_entries or self._bytes + size > self.max_bytes):
                 self._drop(next(iter(self._entries)))
+                self.evicted += 1
             token = self._new_token()
-            self._entries[token] = _Entry(value, key, conf, now + self.ttl)
+            self._entries[token] = _Entry(value, key, conf, now + self.ttl, size)
+            self._bytes += size
             if key:
                 self._by_key[key] = token
             return token
@@ -133,12 +148,12 @@ class ConfCache(Generic[T]):
 
     def _drop(self, token: int) -> None:
         entry = self._entries.pop(token)
+        self._bytes -= entry.size
         if entry.key and self._by_key.get(entry.key) == token:
             del self._by_key[entry.key]
 
     def _new_token(self) -> int:
-        token = self._next
-        while token == 0 or token in self._entries:
-            token = (token + 1) & _TOKEN_MASK
-        self._next = (token + 1) & _TOKEN_MASK
-        return token
+        while True:
+            token = self._tokens() & _TOKEN_MASK
+            if token and token not in self._entries:
+                return token

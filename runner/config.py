@@ -1,14 +1,15 @@
 """Run-time settings, built once at start-up from four sources and then frozen.
 
 Precedence, lowest to highest: defaults, a TOML file (``--config``), the
-environment, command-line flags. Each setting is declared once in
-``SETTINGS`` with its TOML key, environment variable, flag and parser; an
-invalid value raises ``ConfigError`` naming the setting and where the value
-came from, so the process exits with one clear line and never half-starts.
+environment, command-line flags. Each setting is declared once in ``SETTINGS``
+with its TOML key, environment variable, flag and parser, and the command line
+is generated from that table. An invalid value raises ``ConfigError`` naming
+the setting and where the value came from, so the process exits with one clear
+line and never half-starts.
 
 APISIX passes ``APISIX_LISTEN_ADDRESS`` (``unix:/path``) and
 ``APISIX_CONF_EXPIRE_TIME`` to the runner it spawns, and nginx strips every
-other variable, so everything else is also reachable through flags.
+other variable, so every setting is also reachable through a flag.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import grp
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,11 +25,13 @@ from typing import Any
 
 from .errors import ConfigError
 
-#: Tokens live this much longer than APISIX's conf expiry after their last use (protocol.md §6.3).
+#: Tokens live this much longer than APISIX's conf expiry after their last use: APISIX may keep
+#: using a token up to about 1.9 x its expiry after preparing it (docs/protocol.md, conf tokens).
 TTL_FACTOR = 1.2
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("text", "json")
-EXIT_WITH_PARENT = ("auto", "yes", "no")
+AUTO_YES_NO = ("auto", "yes", "no")
+MIB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -38,8 +42,19 @@ class Config:
     log_format: str = "text"
     conf_expire_time: int = 3600
     max_conf_entries: int = 10_000
+    max_conf_bytes: int = 64 * MIB
     socket_mode: int = 0o766
     socket_group: int | None = None
+    replace_socket: str = "auto"
+    allowed_uids: tuple[int, ...] = ()
+    allowed_gids: tuple[int, ...] = ()
+    allow_insecure_plugins: bool = False
+    threads: int = 128
+    max_connections: int = 10_000
+    memory_budget: int = 64 * MIB
+    call_timeout: float = 60.0
+    slow_call: float = 1.0
+    max_stuck_calls: int = 16
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     drain_timeout: float = 0.7
@@ -62,16 +77,35 @@ def parse_listen_address(value: Any) -> str:
     return path
 
 
-def _positive_int(value: Any) -> int:
+def _whole(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a whole number")
     try:
-        number = int(value)
+        return int(value)
     except (TypeError, ValueError):
         raise ValueError(f"{value!r} is not a whole number") from None
+
+
+def _positive_int(value: Any) -> int:
+    number = _whole(value)
     if number <= 0:
         raise ValueError(f"{value!r} must be positive")
     return number
+
+
+_SIZE = re.compile(r"\s*(\d+)\s*(|k|kib|m|mib|g|gib)\s*", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": MIB, "mib": MIB, "g": 1 << 30, "gib": 1 << 30}
+
+
+def _size(value: Any) -> int:
+    """Bytes: a whole number, or one with a binary unit (``64MiB``, ``512k``)."""
+    match = _SIZE.fullmatch(str(value)) if not isinstance(value, bool) else None
+    if match is None:
+        raise ValueError(f"{value!r} is not a size such as 67108864, 64MiB or 512KiB")
+    size = int(match[1]) * _UNITS[match[2].lower()]
+    if size <= 0:
+        raise ValueError(f"{value!r} must be positive")
+    return size
 
 
 def _port(value: Any) -> int | None:
@@ -81,14 +115,17 @@ def _port(value: Any) -> int | None:
     return port or None
 
 
-def _seconds(value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{value!r} is not a number of seconds") from None
-    if not 0 < number <= 60:
-        raise ValueError(f"{value!r} must be in (0, 60]")
-    return number
+def _seconds(limit: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{value!r} is not a number of seconds") from None
+        if not 0 < number <= limit:
+            raise ValueError(f"{value!r} must be in (0, {limit:g}]")
+        return number
+
+    return parse
 
 
 def _mode(value: Any) -> int:
@@ -101,16 +138,48 @@ def _mode(value: Any) -> int:
     return mode
 
 
-def _group(value: Any) -> int | None:
-    text = str(value)
-    if text == "":
-        return None
+def _gid(text: str) -> int:
     if text.isdigit():
         return int(text)
     try:
         return grp.getgrnam(text).gr_gid
     except KeyError:
         raise ValueError(f"no such group: {text!r}") from None
+
+
+def _group(value: Any) -> int | None:
+    text = str(value)
+    return None if text == "" else _gid(text)
+
+
+def _ids(of_group: bool) -> Callable[[Any], tuple[int, ...]]:
+    """A list of ids: a TOML array, or a comma-separated string (names allowed for groups)."""
+
+    def parse(value: Any) -> tuple[int, ...]:
+        items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
+        ids = []
+        for item in items:
+            text = str(item).strip()
+            if of_group:
+                ids.append(_gid(text))
+            elif text.isdigit():
+                ids.append(int(text))
+            else:
+                raise ValueError(f"{item!r} is not a numeric uid")
+        return tuple(ids)
+
+    return parse
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("1", "yes", "true", "on"):
+        return True
+    if text in ("0", "no", "false", "off"):
+        return False
+    raise ValueError(f"{value!r} is not yes or no")
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
@@ -140,31 +209,46 @@ def _text(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Setting:
-    name: str  # Config field and TOML key
-    env: str | None
-    flag: str | None  # argparse dest
+    name: str  # Config field, TOML key, and (with dashes) the flag
+    env: str
     parse: Callable[[Any], Any]
     help: str
 
 
 SETTINGS = (
-    Setting("socket", "APISIX_LISTEN_ADDRESS", "socket", parse_listen_address, "socket path or unix:/path"),
-    Setting("plugins", "A6_RUNNER_PLUGINS", "plugins", _text, "plugin directory"),
-    Setting("log_level", "A6_RUNNER_LOG_LEVEL", "log_level", _choice(LOG_LEVELS), "log level"),
-    Setting("log_format", "A6_RUNNER_LOG_FORMAT", "log_format", _choice(LOG_FORMATS), "text or json lines"),
-    Setting("conf_expire_time", "APISIX_CONF_EXPIRE_TIME", None, _positive_int, "APISIX's conf expiry, seconds"),
-    Setting("max_conf_entries", "A6_RUNNER_MAX_CONF_ENTRIES", None, _positive_int, "live conf tokens kept"),
-    Setting("socket_mode", "A6_RUNNER_SOCKET_MODE", "socket_mode", _mode, "socket permissions, octal"),
-    Setting("socket_group", "A6_RUNNER_SOCKET_GROUP", "socket_group", _group, "socket group, name or gid"),
-    Setting("metrics_port", "A6_RUNNER_METRICS_PORT", "metrics_port", _port, "Prometheus port (0 = off)"),
-    Setting("metrics_host", "A6_RUNNER_METRICS_HOST", None, _text, "Prometheus bind address"),
-    Setting("drain_timeout", "A6_RUNNER_DRAIN_TIMEOUT", None, _seconds, "seconds to finish calls on SIGTERM"),
-    Setting("exit_with_parent", "A6_RUNNER_EXIT_WITH_PARENT", "exit_with_parent", _choice(EXIT_WITH_PARENT), ""),
-    Setting("cpu", "A6_RUNNER_CPU", "cpu", _cpu, "pin every thread to one CPU: none, auto or a number"),
+    Setting("socket", "APISIX_LISTEN_ADDRESS", parse_listen_address, "socket path or unix:/path"),
+    Setting("plugins", "A6_RUNNER_PLUGINS", _text, "directory of plugin files"),
+    Setting("log_level", "A6_RUNNER_LOG_LEVEL", _choice(LOG_LEVELS), "|".join(LOG_LEVELS)),
+    Setting("log_format", "A6_RUNNER_LOG_FORMAT", _choice(LOG_FORMATS), "text or json lines"),
+    Setting("conf_expire_time", "APISIX_CONF_EXPIRE_TIME", _positive_int, "APISIX's conf expiry, seconds"),
+    Setting("max_conf_entries", "A6_RUNNER_MAX_CONF_ENTRIES", _positive_int, "live conf tokens kept"),
+    Setting("max_conf_bytes", "A6_RUNNER_MAX_CONF_BYTES", _size, "bytes of route confs kept (e.g. 64MiB)"),
+    Setting("socket_mode", "A6_RUNNER_SOCKET_MODE", _mode, "socket permissions, octal"),
+    Setting("socket_group", "A6_RUNNER_SOCKET_GROUP", _group, "group owning the socket, name or gid"),
+    Setting("replace_socket", "A6_RUNNER_REPLACE_SOCKET", _choice(AUTO_YES_NO), "take over a live runner's socket"),
+    Setting("allowed_uids", "A6_RUNNER_ALLOWED_UIDS", _ids(False), "only these peer uids may connect"),
+    Setting("allowed_gids", "A6_RUNNER_ALLOWED_GIDS", _ids(True), "only peers in these groups may connect"),
+    Setting("allow_insecure_plugins", "A6_RUNNER_ALLOW_INSECURE_PLUGINS", _bool, "load writable plugin files"),
+    Setting("threads", "A6_RUNNER_THREADS", _positive_int, "worker threads running calls"),
+    Setting("max_connections", "A6_RUNNER_MAX_CONNECTIONS", _positive_int, "open APISIX connections"),
+    Setting("memory_budget", "A6_RUNNER_MEMORY_BUDGET", _size, "bytes of frames being received or handled"),
+    Setting("call_timeout", "A6_RUNNER_CALL_TIMEOUT", _seconds(3600), "seconds before a call gets 503"),
+    Setting("slow_call", "A6_RUNNER_SLOW_CALL", _seconds(3600), "seconds before a call is logged as slow"),
+    Setting("max_stuck_calls", "A6_RUNNER_MAX_STUCK_CALLS", _positive_int, "stuck calls before a plugin fails fast"),
+    Setting("metrics_port", "A6_RUNNER_METRICS_PORT", _port, "Prometheus port (0 = off)"),
+    Setting("metrics_host", "A6_RUNNER_METRICS_HOST", _text, "Prometheus bind address"),
+    Setting("drain_timeout", "A6_RUNNER_DRAIN_TIMEOUT", _seconds(60), "seconds to finish calls on SIGTERM"),
+    Setting("exit_with_parent", "A6_RUNNER_EXIT_WITH_PARENT", _choice(AUTO_YES_NO), "exit when APISIX is gone"),
+    Setting("cpu", "A6_RUNNER_CPU", _cpu, "pin every thread to one CPU: none, auto or a number"),
 )
 
 _FIELDS = {f.name for f in dataclasses.fields(Config)}
 assert _FIELDS == {s.name for s in SETTINGS}
+DEFAULTS = Config()
+
+
+def flag(setting: Setting) -> str:
+    return "--" + setting.name.replace("_", "-")
 
 
 def load_toml(path: str) -> dict[str, Any]:
@@ -187,12 +271,12 @@ def build(environ: Mapping[str, str], flags: Mapping[str, Any] | None = None, co
     file_values = load_toml(config_file) if config_file else {}
     values: dict[str, Any] = {}
     for s in SETTINGS:
-        sources = [(f"{config_file} key {s.name!r}", file_values.get(s.name))]
-        if s.env:
+        sources = [
+            (f"{config_file} key {s.name!r}", file_values.get(s.name)),
             # An empty variable counts as unset (APISIX passes empty values through nginx's env).
-            sources.append((f"${s.env}", environ.get(s.env) or None))
-        if s.flag:
-            sources.append((f"--{s.flag.replace('_', '-')}", flags.get(s.flag)))
+            (f"${s.env}", environ.get(s.env) or None),
+            (flag(s), flags.get(s.name)),
+        ]
         for origin, raw in reversed(sources):
             if raw is None:
                 continue

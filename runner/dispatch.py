@@ -6,9 +6,11 @@ reply. It is the one place where errors become Err frames (type 0): every
 runner raises maps to SERVICE_UNAVAILABLE. Fail closed: no error ever becomes
 a reply that lets the request through.
 
-ExtraInfo questions go through the ``exchange`` function the caller passes
-with each frame (the server's exact-length I/O on the same connection);
-``CallAbandoned`` from it propagates so the caller sends nothing.
+The caller passes each frame with its ``Call``: the call's line to APISIX for
+ExtraInfo questions (``call.ask``; ``CallAbandoned`` from it propagates so the
+caller sends nothing), where the dispatcher notes which plugin is running, for
+the watchdog. A plugin with too many calls stuck past their deadline fails its
+new calls fast (``StuckCalls``).
 """
 
 from __future__ import annotations
@@ -17,25 +19,53 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from . import frame, messages
 from .cache import ConfCache
-from .errors import CallAbandoned, ConfUnusable, DecodeError, ErrCode, PluginError, RunnerError, TokenNotFound
+from .errors import (
+    CallAbandoned,
+    ConfUnusable,
+    DecodeError,
+    ErrCode,
+    PluginError,
+    PluginStuck,
+    RunnerError,
+    TokenNotFound,
+)
 from .frame import MessageType
 from .http import ExtraCache, Headers, InfoKind, Request, Response
+from .logs import Throttle
 from .metrics import Metrics
-from .plugins import Plugin, PluginRegistry, call_filter, has_filter, has_response_filter
+from .plugins import Plugin, PluginRegistry, call_filter, call_response_filter, has_filter, has_response_filter
+from .watchdog import StuckCalls
 
 log = logging.getLogger(__name__)
 
-#: Sends an ExtraInfo.Req payload on the call's connection and returns the ExtraInfo.Resp payload.
-Exchange = Callable[[bytes], messages.Buffer]
+
+class Call(Protocol):
+    """What the dispatcher needs of the call it handles (the server's ``connection.Call``)."""
+
+    plugin: str | None
+    request_id: int
+    conf_token: int
+
+    def ask(self, question: bytes) -> messages.Buffer:
+        """Send an ExtraInfo.Req payload on the call's connection; return the ExtraInfo.Resp payload."""
+        ...
+
 
 _PREPARE_CONF, _REQ_CALL, _RESP_CALL = (
     int(t) for t in (MessageType.PREPARE_CONF, MessageType.HTTP_REQ_CALL, MessageType.HTTP_RESP_CALL)
 )
 _ERR_FRAMES = {code: frame.encode(MessageType.ERROR, messages.encode_err(code)) for code in ErrCode}
+
+
+def err_frame(code: ErrCode) -> bytes:
+    """The Err frame (type 0) carrying ``code``."""
+    return _ERR_FRAMES[code]
+
+
 # Metric labels; anything else a peer sends counts as "other".
 _TYPE_NAMES = {
     t.value: t.name.lower() for t in (MessageType.PREPARE_CONF, MessageType.HTTP_REQ_CALL, MessageType.HTTP_RESP_CALL)
@@ -58,11 +88,16 @@ _warned_ignored: set[str] = set()
 
 
 class Prepared(NamedTuple):
-    """A route conf ready to run: its plugin instances in order, or why it cannot run."""
+    """A route conf ready to run: its plugin instances in order, or why it cannot run.
+
+    It holds the registry its plugins came from, so that registry's modules stay
+    importable for as long as the token lives (see ``loader``).
+    """
 
     request_chain: tuple[tuple[str, Plugin], ...]
     response_chain: tuple[tuple[str, Plugin], ...]
     error: str | None = None
+    registry: PluginRegistry | None = None
 
 
 def _unusable(reason: str) -> Prepared:
@@ -72,36 +107,48 @@ def _unusable(reason: str) -> Prepared:
 class Dispatcher:
     """Turns request frames into reply frames with the current plugin registry and conf cache."""
 
-    def __init__(self, registry: PluginRegistry, cache: ConfCache[Prepared], metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        registry: PluginRegistry,
+        cache: ConfCache[Prepared],
+        metrics: Metrics | None = None,
+        stuck: StuckCalls | None = None,
+    ) -> None:
         self.registry = registry
         self.cache = cache
         self.metrics = metrics
+        self.stuck = stuck or StuckCalls(16)
 
     def reload(self, registry: PluginRegistry) -> None:
         """Use ``registry`` for PrepareConfs from now on; tokens already issued keep their plugins."""
-        old, self.registry = self.registry, registry
+        self.registry = registry
         self.cache.forget_keys()
-        old.unload()
 
-    def handle(self, type_: int, payload: messages.Buffer, exchange: Exchange) -> bytes:
+    def handle(self, type_: int, payload: messages.Buffer, call: Call) -> bytes:
         """The reply frame for one request frame. Raises only ``CallAbandoned``."""
         outcome = "ok"
         try:
             if type_ == _REQ_CALL:  # (plain ints: an enum member costs a lookup, per call)
                 req = messages.parse_req_call(payload)
-                return frame.encode(_REQ_CALL, run_request_phase(self._lookup(req), req, exchange, self.metrics))
+                call.request_id, call.conf_token = req.id, req.conf_token
+                phase = run_request_phase(self._lookup(req), req, call, self.metrics, self.stuck)
+                return frame.encode(_REQ_CALL, phase)
             if type_ == _PREPARE_CONF:
                 return frame.encode(_PREPARE_CONF, self._prepare_conf(payload))
             if type_ == _RESP_CALL:
                 resp = messages.parse_resp_call(payload)
-                return frame.encode(_RESP_CALL, run_response_phase(self._lookup(resp), resp, exchange, self.metrics))
+                call.request_id, call.conf_token = resp.id, resp.conf_token
+                phase = run_response_phase(self._lookup(resp), resp, call, self.metrics, self.stuck)
+                return frame.encode(_RESP_CALL, phase)
             raise DecodeError(f"unexpected message type {type_}")
         except CallAbandoned:
             outcome = "abandoned"
             raise
         except RunnerError as e:
             outcome = e.code.name.lower()
-            if isinstance(e, PluginError):
+            if isinstance(e, PluginStuck):
+                _stuck_throttle.log(log, logging.ERROR, e.plugin, "%s", e)
+            elif isinstance(e, PluginError):
                 extra = {"plugin": e.plugin, "request_id": e.request_id, "conf_token": e.conf_token}
                 log.error("%s", e, exc_info=e.__cause__, extra=extra)
             elif isinstance(e, (TokenNotFound, ConfUnusable)):
@@ -129,7 +176,7 @@ class Dispatcher:
             # Built with plugins a reload has replaced meanwhile: valid, but not
             # to be found again by key (the next PrepareConf must use new code).
             key = req.key if self.registry is registry else ""
-            token = self.cache.add(prepared, key, req.conf)
+            token = self.cache.add(prepared, key, req.conf, len(payload))
             if prepared.error:
                 # Still a token: a refused PrepareConf would make APISIX retry
                 # under its global lock; the calls on this token fail instead.
@@ -137,13 +184,18 @@ class Dispatcher:
         return messages.encode_prepare_conf_resp(token)
 
     def prepare(self, conf: list[tuple[str, str]]) -> Prepared:
-        """Instantiate and configure the plugins of one route conf, in order. Never raises."""
+        """Instantiate and configure the plugins of one route conf, in order. Never raises.
+
+        Conf values are never logged or echoed (they hold secrets): a rejection
+        names the plugin and the exception only.
+        """
         registry = self.registry
         chain: list[tuple[str, Plugin]] = []
-        for name, value in conf:
-            cls = registry.get(name)
-            if cls is None:
-                return _unusable(f"unknown plugin {name!r} (loaded: {', '.join(registry.names()) or 'none'})")
+        for given, value in conf:
+            cls = registry.get(given)
+            name = registry.canonical(given)
+            if cls is None or name is None:
+                return _unusable(f"unknown plugin {given!r} (loaded: {', '.join(registry.names()) or 'none'})")
             try:
                 config = json.loads(value) if value.strip() else None
             except (ValueError, RecursionError) as e:
@@ -154,13 +206,13 @@ class Dispatcher:
                 converted = plugin.configure(config)
                 if converted is not None:
                     plugin.config = converted
-            except (Exception, SystemExit) as e:
-                shown = value if len(value) <= 200 else value[:200] + "..."
-                return _unusable(f"plugin {name!r} rejected its conf {shown!r}: {type(e).__name__}: {e}")
+            except BaseException as e:  # whatever a plugin raises fails its conf, not the runner
+                return _unusable(f"plugin {name!r} rejected its conf: {type(e).__name__}: {e}")
             chain.append((name, plugin))
         return Prepared(
             tuple(p for p in chain if has_filter(p[1])),
             tuple(p for p in chain if has_response_filter(p[1])),
+            registry=registry,
         )
 
     def _lookup(self, call: messages.ReqCall | messages.RespCall) -> Prepared:
@@ -170,17 +222,25 @@ class Dispatcher:
         return prepared
 
 
+_stuck_throttle = Throttle(1.0)
+
+
 def _run(
     name: str,
     what: str,
-    call: messages.ReqCall | messages.RespCall,
+    req: messages.ReqCall | messages.RespCall,
+    call: Call,
     metrics: Metrics | None,
+    stuck: StuckCalls | None,
     fn: Callable[..., object],
     *args: object,
 ) -> object:
-    """Call one plugin method; any exception becomes ``PluginError`` (except ``CallAbandoned``)."""
+    """Call one plugin method; whatever it raises becomes ``PluginError`` (except ``CallAbandoned``)."""
+    if stuck is not None and stuck.over(name):
+        raise PluginStuck(name, stuck.limit)
     started = time.perf_counter() if metrics is not None else 0.0
     failed = True
+    call.plugin = name
     try:
         result = fn(*args)
         failed = False
@@ -190,42 +250,51 @@ def _run(
         # (headers decoded on first use, an ExtraInfo answer) that do not decode.
         failed = False
         raise
-    except (Exception, SystemExit) as e:  # a plugin's sys.exit() ends its call, not the process
+    except BaseException as e:  # a plugin's sys.exit() or KeyboardInterrupt ends its call, not the process
         message = f"plugin {name!r} raised {type(e).__name__} in {what}: {e}"
-        raise PluginError(name, message, call.id, call.conf_token) from e
+        raise PluginError(name, message, req.id, req.conf_token) from e
     finally:
+        call.plugin = None
         if metrics is not None:
             metrics.plugin(name, time.perf_counter() - started, failed)
 
 
 def run_request_phase(
-    prepared: Prepared, call: messages.ReqCall, exchange: Exchange, metrics: Metrics | None = None
+    prepared: Prepared,
+    req: messages.ReqCall,
+    call: Call,
+    metrics: Metrics | None = None,
+    stuck: StuckCalls | None = None,
 ) -> bytes:
     """Run the request-phase chain; the HTTPReqCall.Resp payload. Plugin failures raise ``PluginError``."""
     if not prepared.request_chain:
-        return messages.encode_no_action(call.id)
-    extra = ExtraCache(_asker(exchange, metrics))
-    request = Request.from_apisix(call.id, call.method, call, extra)
+        return messages.encode_no_action(req.id)
+    extra = ExtraCache(_asker(call, metrics))
+    request = Request.from_apisix(req.id, req.method, req, extra)
     response = Response(ask=extra)
     for name, plugin in prepared.request_chain:
-        if _run(name, "filter", call, metrics, call_filter, plugin, request, response):
+        if _run(name, "filter", req, call, metrics, stuck, call_filter, plugin, request, response):
             headers = [(n, v) for n, v in response.headers.items() if n.lower() not in _HOP_BY_HOP]
-            return messages.encode_stop(call.id, response.status_code, headers, response.new_body)
-    return _rewrite(call, request, response)
+            return messages.encode_stop(req.id, response.status_code, headers, response.new_body)
+    return _rewrite(req, request, response)
 
 
 def run_response_phase(
-    prepared: Prepared, call: messages.RespCall, exchange: Exchange, metrics: Metrics | None = None
+    prepared: Prepared,
+    resp: messages.RespCall,
+    call: Call,
+    metrics: Metrics | None = None,
+    stuck: StuckCalls | None = None,
 ) -> bytes:
     """Run the response-phase chain; the HTTPRespCall.Resp payload. Plugin failures raise ``PluginError``."""
     response = Response(
-        status_code=call.status,
-        headers=Headers._trusted(list(call.headers)),
-        ask=_asker(exchange, metrics),
+        status_code=resp.status,
+        headers=Headers._trusted(list(resp.headers)),
+        ask=_asker(call, metrics),
         upstream=True,
     )
     for name, plugin in prepared.response_chain:
-        _run(name, "response_filter", call, metrics, plugin.response_filter, response)
+        _run(name, "response_filter", resp, call, metrics, stuck, call_response_filter, plugin, response)
     # Always the full header list: an empty one makes APISIX copy the
     # upstream's headers (minus Content-Type and friends) instead.
     headers: list[tuple[str, str | None]] = [
@@ -233,9 +302,9 @@ def run_response_phase(
     ]
     # Headers the plugins removed also get a deletion entry, so that removing
     # the last one cannot turn into "copy every upstream header".
-    headers += [(n, None) for n, values in response.headers.changes(call.headers) if values is None]
-    status = response.status_code if response.status_code != call.status else 0
-    return messages.encode_resp_call_resp(call.id, status, headers, response.new_body)
+    headers += [(n, None) for n, values in response.headers.changes(resp.headers) if values is None]
+    status = response.status_code if response.status_code != resp.status else 0
+    return messages.encode_resp_call_resp(resp.id, status, headers, response.new_body)
 
 
 def _ignored_by_apisix(name: str) -> bool:
@@ -251,16 +320,16 @@ def _ignored_by_apisix(name: str) -> bool:
     return True
 
 
-def _asker(exchange: Exchange, metrics: Metrics | None) -> Callable[[InfoKind, str], bytes | None]:
+def _asker(call: Call, metrics: Metrics | None) -> Callable[[InfoKind, str], bytes | None]:
     def ask(kind: InfoKind, name: str) -> bytes | None:
         if metrics is not None:
             metrics.extra_info(kind.name.lower())
-        return messages.parse_extra_info_resp(exchange(messages.encode_extra_info_req(kind, name)))
+        return messages.parse_extra_info_resp(call.ask(messages.encode_extra_info_req(kind, name)))
 
     return ask
 
 
-def _rewrite(call: messages.ReqCall, request: Request, response: Response) -> bytes:
+def _rewrite(req: messages.ReqCall, request: Request, response: Response) -> bytes:
     """Only what the plugins changed, so untouched (and repeated) headers stay as they were."""
     path, header_changes, arg_changes = request.changes()
     # APISIX *sets* each request header entry (last one wins), so several
@@ -278,9 +347,9 @@ def _rewrite(call: messages.ReqCall, request: Request, response: Response) -> by
     )
     body = request.new_body
     if path is None and not headers and not args and not resp_headers and not body:
-        return messages.encode_no_action(call.id)
+        return messages.encode_no_action(req.id)
     return messages.encode_rewrite(
-        call.id, path=path, headers=headers, args=args, resp_headers=resp_headers, body=body or None
+        req.id, path=path, headers=headers, args=args, resp_headers=resp_headers, body=body or None
     )
 
 

@@ -52,6 +52,17 @@ class PluginError(RunnerError):
         self.conf_token = conf_token
 
 
+class PluginStuck(RunnerError):
+    """The plugin has too many calls stuck past their deadline: its new calls fail fast."""
+
+    def __init__(self, plugin: str, limit: int) -> None:
+        super().__init__(
+            f"plugin {plugin!r} has {limit} calls stuck past call_timeout (max_stuck_calls): "
+            "failing its new calls with 503 until they return"
+        )
+        self.plugin = plugin
+
+
 class ReplyTooLarge(RunnerError):
     """The reply would not fit in one frame (16,777,215 bytes)."""
 

@@ -31,6 +31,8 @@ HEADER_LEN = 4
 MAX_PAYLOAD = 0xFFFFFF
 
 _HEADER = struct.Struct(">I")
+# Frames bigger than this that end a read are handed over without a copy.
+_HAND_OVER = 64 * 1024
 
 
 class MessageType(enum.IntEnum):
@@ -67,7 +69,12 @@ def decode_header(header: bytes) -> tuple[int, int]:
 
 
 class FrameDecoder:
-    """Incremental decoder: ``feed`` bytes as they arrive, take frames with ``next_frame``."""
+    """Incremental decoder: ``feed`` bytes as they arrive, take frames with ``next_frame``.
+
+    Memory follows the bytes received, never a length a peer announces: the
+    buffer holds what was fed and nothing more, so a header announcing 16 MiB
+    that is never followed costs four bytes.
+    """
 
     __slots__ = ("_buf",)
 
@@ -86,6 +93,12 @@ class FrameDecoder:
         end = HEADER_LEN + (word & MAX_PAYLOAD)
         if len(buf) < end:
             return None
+        if len(buf) == end and end > _HAND_OVER:
+            # A big frame (a body) and nothing after it: the buffer itself becomes
+            # the payload (deleting a bytearray's head moves no bytes).
+            self._buf = bytearray()
+            del buf[:HEADER_LEN]
+            return Frame(word >> 24, buf)
         with memoryview(buf) as view:  # one copy out, not two (a bytearray slice copies too)
             payload = bytes(view[HEADER_LEN:end])
         del buf[:end]
@@ -100,29 +113,6 @@ class FrameDecoder:
         if len(data) != HEADER_LEN + (word & MAX_PAYLOAD):
             return None
         return Frame(word >> 24, data[HEADER_LEN:])
-
-    def missing(self) -> int:
-        """Bytes still needed to complete the frame being received (0 if one is complete)."""
-        buf = self._buf
-        if len(buf) < HEADER_LEN:
-            return HEADER_LEN - len(buf)
-        size: int = _HEADER.unpack_from(buf)[0] & MAX_PAYLOAD
-        return max(0, HEADER_LEN + size - len(buf))
-
-    def take_partial(self) -> tuple[int, bytearray, int]:
-        """Hand over an incomplete frame whose header has arrived: ``(type, payload
-        buffer of its full size, bytes already in it)``; the decoder is left empty.
-
-        For big frames the caller receives the rest straight into the buffer,
-        which saves copying a body of up to 16 MiB twice more.
-        """
-        buf = self._buf
-        word = _HEADER.unpack_from(buf)[0]
-        payload = bytearray(word & MAX_PAYLOAD)
-        have = len(buf) - HEADER_LEN
-        payload[:have] = memoryview(buf)[HEADER_LEN:]
-        buf.clear()
-        return word >> 24, payload, have
 
     @property
     def pending(self) -> int:

@@ -6,24 +6,34 @@ objects already know (open connections, live tokens, calls in flight) are read
 at scrape time through callbacks instead of being kept twice.
 
 The endpoint uses the standard library's ``http.server``, which its own docs
-call unfit for untrusted networks: it binds 127.0.0.1 unless told otherwise,
-answers GET only, and serves ``/metrics`` and ``/healthz``.
+call unfit for untrusted networks: it binds 127.0.0.1 unless told otherwise
+(another address is logged as a warning), answers GET only, and serves
+``/metrics`` and ``/healthz``. It is bounded: at most ``MAX_CLIENTS``
+connections are served at once (more are closed), each with a
+``CLIENT_TIMEOUT``. Plugin labels are the registered plugin names, so a route
+conf cannot create label series at will.
 """
 
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import logging
+import socket
 import threading
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from . import tuning
 
 log = logging.getLogger(__name__)
 
 PREFIX = "apisix_runner"
 #: Plugin latency buckets, seconds: plugins are expected to take microseconds to milliseconds.
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+MAX_CLIENTS = 4
+CLIENT_TIMEOUT = 5.0
 
 
 def _labels(**labels: str) -> str:
@@ -42,6 +52,7 @@ class Metrics:
         self._plugin_buckets: dict[str, list[int]] = {}
         self._plugin_sum: dict[str, float] = {}
         self._gauges: list[tuple[str, str, Callable[[], float]]] = []
+        self._labelled: list[tuple[str, str, str, Callable[[], dict[str, int]]]] = []
 
     def call(self, type_name: str, outcome: str) -> None:
         with self._lock:
@@ -64,6 +75,9 @@ class Metrics:
 
     def gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
         self._gauges.append((name, help, read))
+
+    def labelled_gauge(self, name: str, help: str, label: str, read: Callable[[], dict[str, int]]) -> None:
+        self._labelled.append((name, help, label, read))
 
     def render(self) -> str:
         out: list[str] = []
@@ -95,7 +109,42 @@ class Metrics:
         for name, help, read in self._gauges:
             family(name, "gauge", help)
             out.append(f"{PREFIX}_{name} {read()}")
+        for name, help, label, values in self._labelled:
+            family(name, "gauge", help)
+            out += [f"{PREFIX}_{name}{_labels(**{label: k})} {v}" for k, v in sorted(values().items())]
         return "\n".join(out) + "\n"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], family: int) -> None:
+        self.address_family = family
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        super().__init__(address, handler)
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # a scraper, not a crowd: the others get closed
+            return
+        request.settimeout(CLIENT_TIMEOUT)
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def check_host(host: str, port: int = 0) -> int:
+    """The address family for ``host``; ``OSError`` if it cannot be bound here."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family = infos[0][0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+    return family
 
 
 def serve(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer:
@@ -119,7 +168,25 @@ def serve(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer:
         def log_message(self, format: str, *args: object) -> None:
             log.debug("metrics endpoint: " + format, *args)
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    family = check_host(host, port)
+    if not _loopback(host):
+        log.warning(
+            "metrics endpoint on %s:%d: reachable beyond this host (http.server is not meant for untrusted networks)",
+            host,
+            port,
+        )
+    server = _Server((host, port), Handler, family)
+
+    def run() -> None:
+        tuning.block_signals()
+        server.serve_forever()
+
+    threading.Thread(target=run, name="metrics", daemon=True).start()
     return server
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -1,14 +1,9 @@
-"""Plugins: the base class authors subclass, and the registry built from a directory.
+"""Plugins: the base class authors subclass, and the registry of plugin classes by name.
 
-Discovery and registration are separate (pluggy's rule): ``load_plugins``
-imports every ``*.py`` file of a directory with importlib under a private
-module name and registers each ``Plugin`` subclass defined there;
-``PluginRegistry.register`` validates. Every problem is found at start-up (or
-at a reload) and named with its file, never when a request arrives.
-
-Each load imports the files as a fresh package, so plugin files can share code
-through ``_*.py`` helpers with relative imports, and a reload really re-executes
-them.
+Discovery and registration are separate (pluggy's rule): ``loader`` imports
+the files, ``PluginRegistry.register`` validates each class. Every problem is
+found at start-up (or at a reload) and named with its file, never when a
+request arrives.
 
 A plugin instance belongs to one (conf token, conf entry) and may serve many
 calls at once on different threads. So ``stop()``/``rewrite()`` record the
@@ -17,13 +12,9 @@ decision for the *current call* in thread-local state, never on the instance.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import logging
-import sys
 import threading
-import types
-from pathlib import Path
 from typing import Any
 
 from .errors import PluginLoadError
@@ -79,11 +70,20 @@ class Plugin:
 Base = Plugin  # the seed runner's name for the base class
 
 
+_IN_RESPONSE_PHASE = "response"
+
+
 def _decide(stop: bool) -> None:
-    if getattr(_decision, "stop", None) is None:
+    current = getattr(_decision, "stop", None)
+    if current is None:
         # From another thread the call it belongs to is unknowable; failing
         # loudly beats a stop() that silently lets the request through.
         raise RuntimeError("stop()/rewrite() must be called from the thread running filter()")
+    if current is _IN_RESPONSE_PHASE:
+        raise RuntimeError(
+            "stop()/rewrite() have no meaning in response_filter(): the upstream has answered; "
+            "change response.status_code, headers or body instead"
+        )
     _decision.stop = stop
 
 
@@ -93,6 +93,14 @@ def call_filter(plugin: Plugin, request: Request, response: Response) -> bool:
     try:
         plugin.filter(request, response)
         return bool(_decision.stop)
+    finally:
+        _decision.stop = None
+
+
+def call_response_filter(plugin: Plugin, response: Response) -> None:
+    _decision.stop = _IN_RESPONSE_PHASE
+    try:
+        plugin.response_filter(response)
     finally:
         _decision.stop = None
 
@@ -111,19 +119,18 @@ def plugin_name(cls: type[Plugin]) -> str:
 
 
 class PluginRegistry:
-    """Plugin classes by (lower-cased) name, with the file each came from."""
+    """Plugin classes by (lower-cased) name, with the file each came from.
+
+    A registry built by ``loader`` owns the private package its files were
+    imported as; the package stays importable (lazy ``from . import x`` inside
+    a plugin keeps working) for as long as the registry lives, i.e. as long as
+    the dispatcher or any live conf token prepared with it holds it.
+    """
 
     def __init__(self, package: str = "") -> None:
         self._classes: dict[str, type[Plugin]] = {}
         self._files: dict[str, str] = {}
-        self.package = package  # the private package its files were imported as
-
-    def unload(self) -> None:
-        """Forget the modules of this load (after a reload replaced it). Live plugin
-        instances keep their classes; only the import bookkeeping goes."""
-        if self.package:
-            for name in [m for m in sys.modules if m == self.package or m.startswith(self.package + ".")]:
-                del sys.modules[name]
+        self.package = package
 
     def register(self, cls: type[Plugin], path: str = "<code>") -> str:
         """Add ``cls``; return its name. Rejects duplicates and classes that define no filter."""
@@ -147,6 +154,11 @@ class PluginRegistry:
     def get(self, name: str) -> type[Plugin] | None:
         return self._classes.get(name.lower())
 
+    def canonical(self, name: str) -> str | None:
+        """The registered name that ``name`` (any case) stands for."""
+        key = name.lower()
+        return key if key in self._classes else None
+
     def file_of(self, name: str) -> str:
         return self._files[name.lower()]
 
@@ -155,53 +167,3 @@ class PluginRegistry:
 
     def __len__(self) -> int:
         return len(self._classes)
-
-
-_generation = 0
-_generation_lock = threading.Lock()
-
-
-def load_plugins(directory: str | Path) -> PluginRegistry:
-    """Import every ``*.py`` in ``directory`` (not ``_*``) and register its Plugin subclasses.
-
-    Raises ``PluginLoadError`` naming the file on the first problem: a missing
-    directory, an import that fails, a duplicate name.
-    """
-    global _generation
-    root = Path(directory)
-    if not root.is_dir():
-        raise PluginLoadError(str(root), "plugin directory does not exist")
-    with _generation_lock:
-        _generation += 1
-        prefix = f"_a6_plugins{_generation}"
-    # The directory is a package, so plugin files can share code kept in
-    # ``_*.py`` helpers (which are not scanned for plugins): ``from ._common import X``.
-    package = types.ModuleType(prefix)
-    package.__path__ = [str(root)]
-    sys.modules[prefix] = package
-    registry = PluginRegistry(prefix)
-    try:
-        _load_into(registry, root, prefix)
-    except BaseException:
-        registry.unload()
-        raise
-    return registry
-
-
-def _load_into(registry: PluginRegistry, root: Path, prefix: str) -> None:
-    for path in sorted(root.glob("*.py")):
-        if path.name.startswith("_"):
-            continue
-        module_name = f"{prefix}.{path.stem}"
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        if spec is None or spec.loader is None:
-            raise PluginLoadError(str(path), "cannot be imported")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception as e:
-            raise PluginLoadError(str(path), f"import failed: {type(e).__name__}: {e}") from e
-        for obj in vars(module).values():
-            if isinstance(obj, type) and issubclass(obj, Plugin) and obj.__module__ == module_name:
-                registry.register(obj, str(path))

@@ -1,314 +1,347 @@
-"""The Unix-socket server: the only module that touches sockets.
+"""The Unix-socket server: accepts APISIX connections and hands them to the worker pool.
 
-Threading rules:
+A ``socketserver.ThreadingUnixStreamServer`` whose worker threads are a
+bounded pool (``pool``) instead of a thread per connection. Rules:
 
-* One worker thread per APISIX connection (``ThreadingMixIn``). APISIX opens a
-  second connection for a PrepareConf while the first one waits silently, so
-  connections are never serialised and no lock is held across a call.
-* A connection carries one call at a time: read a frame, answer it (asking
-  ExtraInfo questions on the same connection in between), repeat until EOF.
-  There is no idle timeout: APISIX keeps connections pooled for up to 180 s.
-* Every read goes through ``Connection.read_frame``, which returns whole frames
-  whatever the fragmentation, ``None`` at EOF on a frame boundary, and raises
-  ``FrameError`` at EOF inside a frame.
+* One selector thread (``serve_forever``) watches the listening socket and
+  every connection that is idle between calls; such a connection holds no
+  thread. When one becomes readable it is queued for the pool. Busy
+  connections keep their thread while frames keep coming (see ``pool``).
+* APISIX opens a second connection for a PrepareConf while the first one waits
+  silently: the waiting one sits in the selector, so the nested connection is
+  served whatever the pool size.
+* Every resource a peer can make us hold is bounded: connections
+  (``max_connections``, refused beyond with a throttled log line), bytes of
+  frames being received or handled (``memory_budget``), threads (``threads``).
+  Accept errors at the descriptor limit are logged once per burst, with the
+  limit and what to raise, and accepting backs off instead of spinning.
+* Peers not allowed by ``allowed_uids``/``allowed_gids`` are refused at accept.
 
-Shutdown rules: ``close_idle_connections`` marks the server closing and shuts
-down the connections that sit idle between calls; each busy connection closes
-after its reply, and ``wait_for_calls`` waits (bounded) for those replies.
-
-Socket path rules: refuse a path that exists and is not a socket; bind under a
-temporary name, chmod, then ``rename`` onto the path, so the path never exists
-with the wrong mode and a runner started by an APISIX reload takes over the
-path atomically; on close, unlink the path only if it is still our inode (the
-old runner of a reload must not delete the new one's socket).
+Shutdown: ``shutdown`` stops the selector thread, ``server_close`` closes the
+listener (and removes our socket path), ``drain`` answers every call already
+received: idle connections with bytes waiting are served, then closed; parked
+ones are woken and served or closed; busy ones close after their reply.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import logging
-import os
+import resource
+import selectors
 import socket
 import socketserver
-import stat
 import threading
+import time
 
+from . import sockets, tuning
+from .config import Config
+from .connection import Connection, timeval
 from .dispatch import Dispatcher
-from .errors import CallAbandoned, ConfigError, FrameError
-from .frame import HEADER_LEN, Frame, FrameDecoder, MessageType, encode
+from .errors import ConfigError
+from .logs import Throttle
+from .pool import Worker, WorkerPool
 
 log = logging.getLogger(__name__)
 
-# Per recv; the receive buffer is allocated per read rather than kept per
-# connection, so thousands of idle pooled connections cost little memory.
-_RECV_SIZE = 64 * 1024
-_SUN_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
+ACCEPT_BURST = 64  # connections accepted per wake-up before the selector looks at the others again
+PARK_INTERVAL = 0.25  # seconds a parked thread waits before it looks at the pool again
+_PAUSE_MIN, _PAUSE_MAX = 0.05, 1.0  # back-off after an accept failure at the descriptor limit
+_ACCEPT_LIMIT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_LISTENER, _WAKEUP = object(), object()
+
+
+class Budget:
+    """Bytes of frames being received or handled, across all connections, against a limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0  # highest use since the last ``reset_peak``
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if self.used + size > self.limit:
+                return False
+            self.used += size
+            self.peak = max(self.peak, self.used)
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self.used -= size
+
+    def reset_peak(self) -> int:
+        with self._lock:
+            peak, self.peak = self.peak, self.used
+            return peak
 
 
 class RunnerServer(socketserver.ThreadingUnixStreamServer):
     """Serves APISIX connections on a Unix socket; see the module docstring for the rules."""
 
-    daemon_threads = True  # shutdown drains calls itself (wait_for_calls), bounded in time
-    block_on_close = False
-    request_queue_size = 1024  # a full backlog makes APISIX's non-blocking connect fail at once
+    request_queue_size = 4096  # a full backlog makes APISIX's non-blocking connect fail at once
 
     def __init__(
-        self,
-        path: str | None,
-        dispatcher: Dispatcher,
-        mode: int = 0o766,
-        group: int | None = None,
-        sock: socket.socket | None = None,
+        self, config: Config, dispatcher: Dispatcher, sock: socket.socket | None = None, replace: bool = False
     ) -> None:
-        """Bind ``path``, or serve ``sock`` when a listening socket is inherited (systemd)."""
+        """Bind ``config.socket`` (taking a live runner's path over only if ``replace``),
+        or serve ``sock`` when a listening socket is inherited (systemd, a master)."""
+        self.config = config
+        self.replace = replace
         self.dispatcher = dispatcher
-        self.mode = mode
-        self.group = group
-        self._inode: tuple[int, int] | None = None  # set only for a path we bound ourselves
-        self._lock = threading.Lock()
-        self._drained = threading.Condition(self._lock)
-        self._connections: set[Connection] = set()
-        self._busy = 0
+        self.stuck = dispatcher.stuck
+        self.call_timeout = config.call_timeout
+        self.budget = Budget(config.memory_budget)
+        self.pool: WorkerPool[Connection] = WorkerPool(config.threads, Connection.serve)
+        self.peers = sockets.PeerCheck(config.allowed_uids, config.allowed_gids)
+        self.max_connections = _connection_limit(config.max_connections)
         self.closing = False
+        self.inode: tuple[int, int] | None = None  # set only for a path we bound ourselves
+        self._lock = threading.Lock()
+        self._gone = threading.Condition(self._lock)
+        self._connections: set[Connection] = set()
+        self._idle: set[Connection] = set()  # registered with the selector
+        self._selector = selectors.DefaultSelector()
+        self._wakeup = socket.socketpair()
+        self._stop = False
+        self._stopped = threading.Event()
+        self._paused_until = 0.0
+        self._pause = _PAUSE_MIN
+        self._accept_failures = 0
+        self._throttle = Throttle()
         if sock is None:
-            if path is None:
+            if config.socket is None:
                 raise ConfigError("socket: no address given (--socket, or APISIX_LISTEN_ADDRESS=unix:/path)")
-            super().__init__(path, Connection)
+            super().__init__(config.socket, Connection)  # type: ignore[arg-type]
         else:
-            super().__init__(sock.getsockname(), Connection, bind_and_activate=False)
+            super().__init__(sock.getsockname(), Connection, bind_and_activate=False)  # type: ignore[arg-type]
             self.socket.close()
             self.socket = sock
+        self.socket.setblocking(False)
 
-    # --- socket path -------------------------------------------------------
+    # --- socket path ---------------------------------------------------------
 
     def server_bind(self) -> None:
         path = str(self.server_address)
-        check_socket_path(path)
-        directory, base = os.path.split(path)
-        temp = os.path.join(directory, f".{base}.{os.getpid()}")
-        if len(os.fsencode(temp)) > _SUN_PATH_MAX:
-            # No room for a temporary name: replace a stale socket in place.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            temp = path
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-        self.socket.bind(temp)
-        try:
-            os.chmod(temp, self.mode)
-            if self.group is not None:
-                os.chown(temp, -1, self.group)
-            if temp != path:
-                os.rename(temp, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        st = os.stat(path)
-        self._inode = (st.st_dev, st.st_ino)
+        self.inode = sockets.bind(self.socket, path, self.config.socket_mode, self.config.socket_group, self.replace)
 
     def server_close(self) -> None:
         """Close the listener and remove our socket path (idempotent)."""
         super().server_close()
-        inode, self._inode = self._inode, None
-        if inode is None:  # inherited (its owner removes it), or already done
-            return
-        path = str(self.server_address)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return
-        if (st.st_dev, st.st_ino) == inode:
-            os.unlink(path)
-        else:
-            log.info("not removing %s: another runner has bound it since", path)
+        inode, self.inode = self.inode, None
+        if inode is not None:
+            sockets.unlink_if_ours(str(self.server_address), inode)
 
     def handle_error(self, request: object, client_address: object) -> None:
         log.exception("unexpected error on an APISIX connection")
 
-    # --- connection tracking ----------------------------------------------
+    # --- the selector thread --------------------------------------------------
 
-    def _enter(self, conn: Connection) -> bool:
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        tuning.block_signals()
+        sel = self._selector
+        sel.register(self.socket, selectors.EVENT_READ, _LISTENER)
+        sel.register(self._wakeup[0], selectors.EVENT_READ, _WAKEUP)
+        self.pool.start()
+        try:
+            while not self._stop:
+                paused = self._paused_until
+                timeout = poll_interval if not paused else max(0.0, paused - time.monotonic())
+                for key, _ in sel.select(timeout):
+                    if key.data is _LISTENER:
+                        self._accept()
+                    elif key.data is _WAKEUP:
+                        self._wakeup[0].recv(4096)
+                    else:
+                        self._ready(key.data)
+                if paused and time.monotonic() >= paused:
+                    self._resume_accepting()
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop the selector thread and wait for it (call from another thread)."""
+        self._stop = True
+        self._wakeup[1].send(b"x")
+        self._stopped.wait()
+
+    def _ready(self, conn: Connection) -> None:
         with self._lock:
-            if self.closing:
-                return False
-            self._connections.add(conn)
-            return True
+            if conn not in self._idle:
+                return
+            self._idle.discard(conn)
+            self._selector.unregister(conn.sock)
+        self.pool.submit(conn)
 
-    def _leave(self, conn: Connection) -> None:
+    def watch(self, conn: Connection) -> None:
+        """Take ``conn`` back from a pool thread: it waits in the selector, holding no thread."""
+        with self._lock:
+            if not self.closing and not conn.closed:
+                self._idle.add(conn)
+                self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+                return
+        conn.close()
+
+    def forget(self, conn: Connection) -> None:
         with self._lock:
             self._connections.discard(conn)
-            if conn.busy:
-                conn.busy = False
-                self._busy -= 1
-                self._drained.notify_all()
+            if not self._connections:
+                self._gone.notify_all()
 
-    def _call_started(self, conn: Connection) -> None:
-        with self._lock:
-            conn.busy = True
-            self._busy += 1
+    # --- accepting ------------------------------------------------------------
 
-    def _call_ended(self, conn: Connection) -> bool:
-        """Mark ``conn`` idle; ``False`` if it must close because the server is stopping."""
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BURST):
+            try:
+                request, client_address = self.get_request()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in _ACCEPT_LIMIT_ERRORS:
+                    self._pause_accepting(e)
+                    return
+                if e.errno != errno.ECONNABORTED:
+                    log.warning("accept failed: %s", e)
+                    return
+                continue
+            if self._accept_failures:
+                log.warning("accepting connections again after %d failed attempt(s)", self._accept_failures)
+                self._accept_failures, self._pause = 0, _PAUSE_MIN
+            if self.verify_request(request, client_address):
+                self.process_request(request, client_address)
+            else:
+                self.shutdown_request(request)
+
+    def _pause_accepting(self, error: OSError) -> None:
+        if not self._accept_failures:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            log.error(
+                "cannot accept APISIX connections: %s (open files limit: soft %d, hard %d; %d connections open); "
+                "raise the limit (systemd LimitNOFILE=, docker --ulimit nofile=, ulimit -n) or lower max_connections; "
+                "retrying with back-off",
+                error.strerror,
+                soft,
+                hard,
+                len(self._connections),
+            )
+        self._accept_failures += 1
+        self._selector.unregister(self.socket)
+        self._paused_until = time.monotonic() + self._pause
+        self._pause = min(_PAUSE_MAX, self._pause * 2)
+
+    def _resume_accepting(self) -> None:
+        self._paused_until = 0.0
+        self._selector.register(self.socket, selectors.EVENT_READ, _LISTENER)
+
+    def verify_request(self, request: object, client_address: object) -> bool:
+        assert isinstance(request, socket.socket)
+        if len(self._connections) >= self.max_connections:
+            self._throttle.log(
+                log,
+                logging.WARNING,
+                "max_connections",
+                "refusing an APISIX connection: %d are open (max_connections = %d)",
+                len(self._connections),
+                self.max_connections,
+            )
+            return False
+        refusal = self.peers.refusal(request)
+        if refusal is not None:
+            self._throttle.log(log, logging.WARNING, "peer", "refusing a connection: %s", refusal)
+            return False
+        return True
+
+    def process_request(self, request: object, client_address: object) -> None:
+        assert isinstance(request, socket.socket)
+        request.setblocking(True)
+        # The receive timeout is the park interval (connection.py); the send
+        # timeout bounds what a peer that stops reading can hold.
+        request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(PARK_INTERVAL))
+        request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(self.call_timeout))
+        conn = Connection(self, request)
         with self._lock:
-            conn.busy = False
-            self._busy -= 1
-            if self._busy == 0:
-                self._drained.notify_all()
-            return not self.closing
+            if self.closing:
+                request.close()
+                return
+            self._connections.add(conn)
+            self._idle.add(conn)
+            self._selector.register(request, selectors.EVENT_READ, conn)
+
+    # --- budget -------------------------------------------------------------
+
+    def over_budget(self, conn: Connection) -> None:
+        self._throttle.log(
+            log,
+            logging.WARNING,
+            "memory_budget",
+            "dropping an APISIX connection: its frame would take the bytes held for frames past "
+            "memory_budget = %d (%d in use); raise memory_budget, or expect 503s for large bodies at this concurrency",
+            self.budget.limit,
+            self.budget.used,
+        )
+
+    # --- observation ----------------------------------------------------------
 
     @property
     def connection_count(self) -> int:
-        with self._lock:
-            return len(self._connections)
+        return len(self._connections)
 
-    @property
     def calls_in_flight(self) -> int:
-        with self._lock:
-            return self._busy
+        return sum(1 for w in self.pool.workers() if w.call is not None)
 
-    def close_idle_connections(self) -> None:
-        """Start stopping: close the connections idle between calls; busy ones close after their reply."""
+    def busy_workers(self) -> list[Worker]:
+        return [w for w in self.pool.workers() if w.call is not None]
+
+    # --- shutdown -------------------------------------------------------------
+
+    def drain(self, timeout: float) -> int:
+        """Answer the calls already received, then close everything; returns how many
+        connections were still open when ``timeout`` ran out (0 = all answered)."""
+        deadline = time.monotonic() + timeout
         with self._lock:
             self.closing = True
-            for conn in self._connections:
-                if not conn.busy:
-                    conn.close_idle()
-
-    def wait_for_calls(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for the calls in flight to be answered; ``True`` if all were."""
+            idle = list(self._idle)
+            self._idle.clear()
+            for conn in idle:
+                self._selector.unregister(conn.sock)
+            busy = [c for c in self._connections if c not in idle]
+        for conn in idle:
+            if _has_bytes(conn.sock):
+                self.pool.submit(conn)  # a call that reached us before the drain: answer it
+            else:
+                conn.close()
+        for conn in busy:
+            conn.wake()  # a parked thread reads what is there, then sees EOF; a busy one is unaffected
         with self._lock:
-            return self._drained.wait_for(lambda: self._busy == 0, timeout)
+            self._gone.wait_for(lambda: not self._connections, max(0.0, deadline - time.monotonic()))
+            left = len(self._connections)
+        self.pool.stop()
+        return left
 
 
-class Connection(socketserver.BaseRequestHandler):
-    """One APISIX connection, served on its own thread until EOF."""
-
-    request: socket.socket
-    server: RunnerServer
-
-    def setup(self) -> None:
-        self.busy = False
-        self._decoder = FrameDecoder()
-        # Held by the call's ExtraInfo exchange; calls on a connection never overlap.
-        self.call_lock = threading.Lock()
-
-    def handle(self) -> None:
-        server = self.server
-        if not server._enter(self):
-            return
-        dispatch = server.dispatcher.handle
-        sock = self.request
-        try:
-            while True:
-                received = self.read_frame()
-                if received is None:
-                    return
-                server._call_started(self)
-                call = _Call(self)
-                try:
-                    reply = dispatch(received.type, received.payload, call.exchange)
-                except CallAbandoned as e:
-                    log.debug("call abandoned: %s", e)
-                    return
-                finally:
-                    call.close()
-                if call.abandoned:  # a plugin swallowed CallAbandoned: still send nothing
-                    return
-                sock.sendall(reply)
-                if not server._call_ended(self):
-                    return
-        except FrameError as e:
-            log.debug("dropping connection: %s", e)
-        except (ConnectionError, TimeoutError) as e:
-            log.debug("connection lost: %s", e)
-        finally:
-            server._leave(self)
-
-    def read_frame(self) -> Frame | None:
-        """The next whole frame; ``None`` at a clean EOF; ``FrameError`` at EOF inside a frame."""
-        decoder = self._decoder
-        sock = self.request
-        while (received := decoder.next_frame()) is None:
-            if decoder.pending >= HEADER_LEN and decoder.missing() > _RECV_SIZE:
-                # A big frame (a body): receive the rest straight into a buffer of
-                # its size, which becomes the payload without further copies.
-                type_, payload, got = decoder.take_partial()
-                with memoryview(payload) as view:
-                    while got < len(payload):
-                        n = sock.recv_into(view[got:])
-                        if not n:
-                            raise FrameError(f"connection closed inside a frame ({len(payload) - got} bytes missing)")
-                        got += n
-                return Frame(type_, payload)
-            data = sock.recv(_RECV_SIZE)
-            if not data:
-                if decoder.pending:
-                    raise FrameError(f"connection closed inside a frame ({decoder.pending} bytes buffered)")
-                return None
-            if (whole := decoder.whole_frame(data)) is not None:  # the usual read: exactly one frame
-                return whole
-            decoder.feed(data)
-        return received
-
-    def close_idle(self) -> None:
-        # Wakes the thread blocked in recv with EOF; called with the server lock held.
-        with contextlib.suppress(OSError):
-            self.request.shutdown(socket.SHUT_RDWR)
-
-
-class _Call:
-    """One call's line to APISIX for ExtraInfo questions, valid only while the call is open.
-
-    Questions go one at a time (a plugin may ask from several threads), and a
-    request object kept past its call cannot ask inside a later call.
-    """
-
-    __slots__ = ("_conn", "_lock", "_open", "abandoned")
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-        self._lock = conn.call_lock
-        self._open = True
-        self.abandoned = False
-
-    def close(self) -> None:
-        with self._lock:  # waits for a question in flight, so its frames never mix with the reply
-            self._open = False
-
-    def exchange(self, question: bytes) -> bytes | bytearray:
-        """Ask APISIX one ExtraInfo question on the call's connection; return its answer's payload."""
-        with self._lock:
-            if not self._open:
-                raise RuntimeError("this call has ended: ExtraInfo can only be asked while it is handled")
-            if self.abandoned:
-                raise CallAbandoned("the connection was already given up")
-            try:
-                self._conn.request.sendall(encode(MessageType.EXTRA_INFO, question))
-                answer = self._conn.read_frame()
-            except (OSError, FrameError) as e:
-                self.abandoned = True
-                raise CallAbandoned(f"connection lost while waiting for ExtraInfo: {e}") from None
-            if answer is None or answer.type != MessageType.EXTRA_INFO:
-                self.abandoned = True
-                got = "EOF" if answer is None else f"a type-{answer.type} frame"
-                raise CallAbandoned(f"APISIX answered an ExtraInfo question with {got}")
-            return answer.payload
-
-
-def check_socket_path(path: str) -> None:
-    """Refuse paths we must not or cannot bind, with a message that says why."""
-    if not os.path.isabs(path):
-        raise ConfigError(f"socket path must be absolute: {path!r}")
-    if len(os.fsencode(path)) > _SUN_PATH_MAX:
-        raise ConfigError(f"socket path is longer than {_SUN_PATH_MAX} bytes: {path!r}")
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        raise ConfigError(f"socket directory does not exist: {directory}")
+def _has_bytes(sock: socket.socket) -> bool:
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ConfigError(f"socket path exists and is not a socket: {path}")
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return False
+    except OSError:
+        return False
+
+
+def _connection_limit(configured: int) -> int:
+    """``max_connections``, kept below the descriptor limit so accept never fails on our own connections."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    headroom = 64  # plugin files, logs, the metrics endpoint, the selector itself
+    if soft != resource.RLIM_INFINITY and configured > soft - headroom:
+        limit = max(1, soft - headroom)
+        log.warning(
+            "max_connections lowered from %d to %d: the open files limit is %d "
+            "(raise it with systemd LimitNOFILE=, docker --ulimit nofile=, or ulimit -n)",
+            configured,
+            limit,
+            soft,
+        )
+        return limit
+    return configured

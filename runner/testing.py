@@ -432,6 +432,19 @@ def _prepare(plugins: Plugins, conf: Any) -> Prepared:
     return prepared
 
 
+class _KitCall:
+    """The call the in-process kit runs: ExtraInfo questions are answered as APISIX would."""
+
+    def __init__(self, vars: Mapping[str, str], bodies: dict[int, bytes | None], asked: list[tuple[str, str]]) -> None:
+        self.plugin: str | None = None
+        self.request_id = 0
+        self.conf_token = 0
+        self._answer = (vars, bodies, asked)
+
+    def ask(self, question: bytes) -> bytes:
+        return answer_extra_info(question, *self._answer)
+
+
 def _pairs(items: HeaderInput, lower: bool = False) -> list[tuple[str, str | None]]:
     pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
     return [(n.lower() if lower else n, v) for n, v in pairs]
@@ -473,10 +486,7 @@ def run_filter(
     asked: list[tuple[str, str]] = []
     bodies: dict[int, bytes | None] = {2: body}
 
-    def exchange(question: bytes) -> bytes:
-        return answer_extra_info(question, vars or {}, bodies, asked)
-
-    out = run_request_phase(prepared, messages.parse_req_call(payload), exchange)
+    out = run_request_phase(prepared, messages.parse_req_call(payload), _KitCall(vars or {}, bodies, asked))
     frame.encode(MessageType.HTTP_REQ_CALL, out)  # raises if APISIX could not receive it
     reply = decode_req_call_reply(out)
     reply.asked = asked
@@ -505,10 +515,7 @@ def run_response_filter(
     asked: list[tuple[str, str]] = []
     bodies: dict[int, bytes | None] = {2: request_body, 3: body}
 
-    def exchange(question: bytes) -> bytes:
-        return answer_extra_info(question, vars or {}, bodies, asked)
-
-    out = run_response_phase(prepared, messages.parse_resp_call(payload), exchange)
+    out = run_response_phase(prepared, messages.parse_resp_call(payload), _KitCall(vars or {}, bodies, asked))
     frame.encode(MessageType.HTTP_RESP_CALL, out)
     reply = decode_resp_call_reply(out)
     reply.asked = asked

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 from conftest import run_in_threads
@@ -36,45 +37,46 @@ def make(clock: FakeClock, **kwargs: object) -> ConfCache[str]:
 # --- tokens ------------------------------------------------------------------------
 
 
-def test_tokens_wrap_around_uint32_and_skip_zero(clock: FakeClock) -> None:
-    cache = make(clock, first_token=0xFFFFFFFF)
-    tokens = [cache.add(f"conf{i}") for i in range(3)]
-    assert tokens == [0xFFFFFFFF, 1, 2]
-    assert [cache.get(t) for t in tokens] == ["conf0", "conf1", "conf2"]
+def scripted(*values: int) -> Callable[[], int]:
+    """A token source that draws ``values`` in order (the real one is ``secrets.randbits(32)``)."""
+    it = iter(values)
+    return lambda: next(it)
 
 
-def test_first_token_zero_is_never_issued(clock: FakeClock) -> None:
-    cache = make(clock, first_token=0)
-    assert cache.add("a") == 1
+def test_a_drawn_zero_or_live_token_is_drawn_again(clock: FakeClock) -> None:
+    cache = make(clock, tokens=scripted(0, 7, 7, 0, 9))
+    assert [cache.add("a"), cache.add("b")] == [7, 9]
+    assert [cache.get(7), cache.get(9)] == ["a", "b"]
 
 
 def test_tokens_are_non_zero_uint32_and_unique_among_live_ones(clock: FakeClock) -> None:
-    cache = make(clock, first_token=0xFFFFFF00)
+    cache = make(clock)
     tokens = [cache.add(str(i)) for i in range(1000)]
     assert len(set(tokens)) == len(tokens)
     assert all(0 < t <= 0xFFFFFFFF for t in tokens)
     assert [cache.get(t) for t in tokens] == [str(i) for i in range(1000)]
 
 
-def test_two_caches_start_at_different_random_tokens(clock: FakeClock) -> None:
-    # A restarted runner must not reissue the tokens APISIX still holds (§6.5).
-    # Both start at a random 32-bit value: a collision has probability 2**-32.
-    first = make(clock).add("a")
-    second = make(clock).add("a")
-    assert first != second
-    assert first != 0 and second != 0
+def test_tokens_are_not_sequential_so_a_local_peer_cannot_guess_apisix_tokens(clock: FakeClock) -> None:
+    cache = make(clock)
+    tokens = [cache.add(str(i)) for i in range(200)]
+    steps = {abs(b - a) for a, b in zip(tokens, tokens[1:], strict=False)}
+    assert not steps & set(range(1, 1000)), "consecutive tokens are close to each other"
+    # Spread over the whole 32-bit range, not a window of it.
+    assert min(tokens) < 1 << 30 and max(tokens) > 3 << 30
 
 
 def test_token_from_another_cache_is_not_found(clock: FakeClock) -> None:
-    old = make(clock, first_token=100)
-    new = make(clock, first_token=5000)
+    old = make(clock, tokens=scripted(100))
+    new = make(clock, tokens=scripted(5000))
     stale = old.add("route A")
+    new.add("route B")
     with pytest.raises(TokenNotFound):
         new.get(stale)
 
 
 def test_unknown_token_raises_token_not_found_mapped_to_conf_token_not_found(clock: FakeClock) -> None:
-    cache = make(clock, first_token=10)
+    cache = make(clock, tokens=scripted(10))
     cache.add("a")
     with pytest.raises(TokenNotFound) as info:
         cache.get(11)
@@ -82,7 +84,7 @@ def test_unknown_token_raises_token_not_found_mapped_to_conf_token_not_found(clo
 
 
 def test_token_zero_is_never_found(clock: FakeClock) -> None:
-    cache = make(clock, first_token=0xFFFFFFFF)
+    cache = make(clock, tokens=scripted(0, 5, 6))
     cache.add("a")
     cache.add("b")
     with pytest.raises(TokenNotFound):
@@ -204,6 +206,44 @@ def test_cache_of_one_keeps_only_the_newest(clock: FakeClock) -> None:
     assert cache.get(b) == "b"
 
 
+def test_bytes_bound_evicts_the_least_recently_used_until_the_new_entry_fits(clock: FakeClock) -> None:
+    cache = make(clock, max_bytes=1000)
+    a = cache.add("a", size=400)
+    b = cache.add("b", size=400)
+    assert cache.get(a) == "a"  # b is now the least recently used
+    c = cache.add("c", size=300)
+    with pytest.raises(TokenNotFound):
+        cache.get(b)
+    assert [cache.get(a), cache.get(c)] == ["a", "c"]
+    assert cache.bytes == 700
+    assert cache.evicted == 1
+
+
+def test_entry_larger_than_the_bytes_bound_empties_the_cache_but_is_kept(clock: FakeClock) -> None:
+    # A conf bigger than the bound still gets a token (APISIX must not retry
+    # PrepareConf under its global lock): it lives alone until the next one.
+    cache = make(clock, max_bytes=100)
+    a = cache.add("a", size=50)
+    big = cache.add("big", size=500)
+    with pytest.raises(TokenNotFound):
+        cache.get(a)
+    assert cache.get(big) == "big"
+    small = cache.add("small", size=10)
+    with pytest.raises(TokenNotFound):
+        cache.get(big)
+    assert cache.get(small) == "small"
+
+
+def test_expired_entries_give_their_bytes_back(clock: FakeClock) -> None:
+    cache = make(clock, max_bytes=1000)
+    cache.add("a", size=600)
+    clock.advance(TTL + 1)
+    b = cache.add("b", size=600)
+    assert cache.get(b) == "b"
+    assert cache.bytes == 600
+    assert cache.evicted == 0
+
+
 # --- find(key, conf): PrepareConf dedup --------------------------------------------------
 
 
@@ -272,7 +312,7 @@ def test_expiry_of_an_older_token_keeps_the_newer_key_mapping(clock: FakeClock) 
 
 
 def test_concurrent_adds_and_gets_issue_unique_tokens() -> None:
-    cache: ConfCache[tuple[int, int]] = ConfCache(TTL, max_entries=100_000, first_token=0xFFFFFF00)
+    cache: ConfCache[tuple[int, int]] = ConfCache(TTL, max_entries=100_000)
     workers, per_worker = 8, 400
     start = threading.Barrier(workers)
     issued: list[list[int]] = [[] for _ in range(workers)]

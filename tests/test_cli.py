@@ -72,7 +72,7 @@ def test_path_that_is_not_a_socket_is_refused(short_dir: Path) -> None:
     path.write_text("precious")
     result = cli("run", "--socket", str(path), "--plugins", str(TEST_PLUGINS))
     assert result.returncode == 1
-    assert f"socket path exists and is not a socket: {path}" in result.stderr
+    assert f"socket path {path} exists and is not a socket" in result.stderr
     assert path.read_text() == "precious"
 
 
@@ -119,7 +119,7 @@ def test_check_without_a_socket_passes_for_systemd_exec_start_pre() -> None:
 def test_check_fails_on_a_broken_plugin(short_dir: Path) -> None:
     (short_dir / "bad.py").write_text("syntax error here\n")
     result = cli("check", "--socket", str(short_dir / "r.sock"), "--plugins", str(short_dir))
-    assert result.returncode == 1 and "bad.py" in result.stdout
+    assert result.returncode == 1 and "bad.py" in result.stderr
 
 
 def test_health_is_0_against_a_live_runner_and_1_without_one(short_dir: Path) -> None:
@@ -127,7 +127,7 @@ def test_health_is_0_against_a_live_runner_and_1_without_one(short_dir: Path) ->
         ok = cli("health", "--socket", f"unix:{proc.socket_path}")
         assert (ok.returncode, ok.stdout.strip()) == (0, "ok")
     down = cli("health", "--socket", str(short_dir / "none.sock"), "--timeout", "1")
-    assert down.returncode == 1 and "unhealthy" in down.stdout
+    assert down.returncode == 1 and "unhealthy" in down.stderr
 
 
 def test_config_precedence_file_then_env_then_flags(short_dir: Path) -> None:
@@ -185,16 +185,6 @@ def test_socket_mode_and_group_are_configurable(short_dir: Path) -> None:
     with RunnerProcess(TEST_PLUGINS, socket_path=str(path), args=["--socket-mode", "0660", "--socket-group", "4321"]):
         st = os.stat(path)
         assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o660, 4321)
-
-
-def test_old_runner_leaves_the_socket_of_the_new_one_on_the_same_path() -> None:
-    with RunnerProcess(TEST_PLUGINS) as old:
-        with RunnerProcess(TEST_PLUGINS, socket_path=old.socket_path) as new:
-            assert old.stop() == 0
-            assert os.path.exists(new.socket_path)
-            assert "another runner has bound it" in old.log
-            with new.client() as c:
-                assert c.http_req_call(c.prepare_conf(None)).action == "none"
 
 
 PLUGIN_V = textwrap.dedent(
@@ -315,9 +305,10 @@ def test_runner_exits_when_the_process_that_spawned_it_dies(short_dir: Path) -> 
     # An "APISIX" that spawns the runner with a stdin pipe (as ngx.pipe does), prints its pid, then waits.
     spawner = textwrap.dedent(
         f"""
-        import subprocess, sys, time
+        import os, subprocess, sys, time
         p = subprocess.Popen([sys.executable, "-m", "runner", "run", "--socket", "{short_dir}/o.sock",
                               "--plugins", "{TEST_PLUGINS}"], stdin=subprocess.PIPE,
+                             env=dict(os.environ, APISIX_CONF_EXPIRE_TIME="3600"),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         print(p.pid, flush=True)
         time.sleep(60)
@@ -399,7 +390,7 @@ def test_cpu_the_process_may_not_use_exits_1_naming_it() -> None:
 def test_check_refuses_a_cpu_the_process_may_not_use(short_dir: Path) -> None:
     result = cli("check", "--plugins", str(TEST_PLUGINS), "--cpu", "4095")
     assert result.returncode == 1
-    assert "cpu: 4095 is not one this process may run on" in result.stdout
+    assert "cpu: 4095 is not one this process may run on" in result.stderr
     allowed = cli("check", "--plugins", str(TEST_PLUGINS), "--cpu", str(min(os.sched_getaffinity(0))))
     assert allowed.returncode == 0, allowed.stdout
 

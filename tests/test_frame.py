@@ -340,26 +340,3 @@ def test_any_bytes_in_any_chunking_yield_frames_or_wait_and_reencode_to_the_cons
     whole, whole_decoder = _feed_chunks([data])
     assert whole == frames
     assert whole_decoder.pending == decoder.pending
-
-
-def test_missing_counts_the_bytes_the_current_frame_still_needs() -> None:
-    decoder = FrameDecoder()
-    assert decoder.missing() == HEADER_LEN
-    decoder.feed(b"\x02\x00")
-    assert decoder.missing() == 2
-    decoder.feed(b"\x01\x00" + b"x" * 100)
-    assert decoder.missing() == 256 - 100
-    decoder.feed(b"x" * 156)
-    assert decoder.missing() == 0
-    assert decoder.next_frame() == Frame(2, b"x" * 256)
-    assert decoder.missing() == HEADER_LEN
-
-
-def test_take_partial_hands_over_a_started_frame_and_empties_the_decoder() -> None:
-    decoder = FrameDecoder()
-    decoder.feed(b"\x03\x00\x00\x0a" + b"abc")
-    type_, payload, have = decoder.take_partial()
-    assert (type_, len(payload), have, bytes(payload[:have])) == (3, 10, 3, b"abc")
-    assert decoder.pending == 0
-    decoder.feed(frame.encode(2, b"next"))  # the stream goes on after the caller completes the frame
-    assert decoder.next_frame() == Frame(2, b"next")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from runner.errors import ErrCode
 from runner.logs import JsonFormatter, TextFormatter
+from runner.testing import RunnerProcess
 
 
 def _record(level: int, msg: str, **extra: object) -> logging.LogRecord:
@@ -47,3 +50,61 @@ def test_runner_detects_that_stderr_is_the_journal(tmp_path: Path) -> None:
             stderr=f, env=env, timeout=30, check=True,
         )  # fmt: skip
     assert log.read_text().startswith("<4>")
+
+
+# --- nothing from outside can forge a line --------------------------------------------
+
+
+def test_control_characters_in_messages_and_fields_are_escaped() -> None:
+    forged = "path /x\n2099-01-01 00:00:00,000 CRITICAL runner: FORGED\r\x1b[31m\x7f\x85\u2028"
+    line = TextFormatter().format(_record(logging.ERROR, forged, plugin="p\nq"))
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert "\\n2099-01-01" in line and "\\x1b[31m" in line and "\\x7f" in line and "\\x85" in line
+    assert "\\u2028" in line and "plugin=p\\nq" in line
+
+
+def test_a_traceback_stays_readable_and_every_continuation_line_is_indented() -> None:
+    try:
+        raise ValueError("bad value\n2099-01-01 00:00:00,000 CRITICAL runner: FORGED")
+    except ValueError:
+        record = logging.LogRecord("runner", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    lines = TextFormatter().format(record).split("\n")
+    assert lines[0].endswith("ERROR runner: failed")
+    assert len(lines) > 3 and all(line.startswith("    ") for line in lines[1:])
+    assert any("Traceback (most recent call last):" in line for line in lines)
+
+
+def test_journal_records_carry_their_priority_on_every_line() -> None:
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        record = logging.LogRecord("runner", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    text = TextFormatter(journal=True).format(record)
+    assert all(line.startswith("<3>") for line in text.split("\n"))
+    assert "<3>ERROR runner: failed" in text  # no timestamp of ours: the journal stamps each line
+    json_line = JsonFormatter(journal=True).format(record)
+    assert json_line.startswith("<3>{") and "\n" not in json_line
+
+
+def test_a_request_path_with_a_forged_record_gives_one_escaped_line(apisix_runner: RunnerProcess) -> None:
+    with apisix_runner.client() as c:
+        token = c.prepare_conf([("act", json.dumps({"raise_path": True}))])
+        path = "/x\n2099-01-01 00:00:00,000 CRITICAL runner: FORGED\x1b[2J"
+        assert c.http_req_call(token, path=path).err == ErrCode.SERVICE_UNAVAILABLE
+    lines = apisix_runner.log.splitlines()
+    records = [line for line in lines if not line.startswith("    ")]  # continuation lines are indented
+    assert not [line for line in records if line.startswith("2099")]
+    assert "\x1b" not in apisix_runner.log
+    forged = [line for line in records if "FORGED" in line]
+    assert len(forged) == 1 and "ERROR runner.dispatch: plugin 'act' raised RuntimeError" in forged[0]
+    assert "/x\\n2099-01-01 00:00:00,000 CRITICAL runner: FORGED\\x1b[2J" in forged[0]
+
+
+def test_a_rejected_conf_is_logged_without_its_value(apisix_runner: RunnerProcess) -> None:
+    with apisix_runner.client() as c:
+        secret = "s3cr3t-never-logged"
+        token = c.prepare_conf([("act", json.dumps(secret))], key="route#s#ext-plugin-pre-req#1")
+        assert c.http_req_call(token).err == ErrCode.SERVICE_UNAVAILABLE
+    log = apisix_runner.log
+    assert "plugin 'act' rejected its conf: ValueError: act needs a JSON object" in log
+    assert secret not in log

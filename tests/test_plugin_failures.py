@@ -6,18 +6,22 @@ see is the ``PluginError`` turned into a 503.
 
 from __future__ import annotations
 
+import socket
 import sys
+import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from helpers import TEST_PLUGINS, act
 
 from runner import Plugin
 from runner.cache import ConfCache
 from runner.dispatch import Dispatcher, Prepared
-from runner.errors import PluginError, PluginLoadError
+from runner.errors import ErrCode, PluginError, PluginLoadError
 from runner.plugins import PluginRegistry
-from runner.testing import run_filter, run_response_filter
+from runner.testing import RunnerProcess, run_filter, run_response_filter
 
 
 def plugin(filter_body: Any, name: str = "p") -> type[Plugin]:
@@ -114,3 +118,48 @@ def test_stop_never_carries_framing_headers() -> None:
 
     out = run_filter(plugin(filter), headers={"Content-Length": "9999", "Transfer-Encoding": "chunked", "X-A": "1"})
     assert out.headers == [("x-a", "1")]
+
+
+# --- whatever a plugin raises, over the wire -------------------------------------------
+
+KINDS = ["KeyboardInterrupt", "GeneratorExit", "SystemExit", "Custom"]
+
+
+@pytest.fixture(scope="module")
+def metered() -> Iterator[tuple[RunnerProcess, int]]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    with RunnerProcess(TEST_PLUGINS, args=["--metrics-port", str(port)]) as proc:
+        yield proc, port
+
+
+def _errors(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith('apisix_runner_plugin_errors_total{plugin="act"}'):
+                return int(line.split()[-1])
+    return 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("phase", ["filter", "response_filter", "configure"])
+def test_any_base_exception_is_a_503_an_error_metric_and_one_log_line(
+    metered: tuple[RunnerProcess, int], kind: str, phase: str
+) -> None:
+    proc, port = metered
+    conf = {"filter": {"raise_base": kind}, "response_filter": {"resp": {"raise_base": kind}}}.get(
+        phase, {"configure_raise_base": kind}
+    )
+    before = _errors(port)
+    with proc.client() as c:
+        token = c.prepare_conf(act(**conf), key=f"route#{kind}#{phase}#1")
+        if phase == "response_filter":
+            assert c.http_resp_call(token, headers=[("Content-Type", "text/plain")]).err == ErrCode.SERVICE_UNAVAILABLE
+        else:
+            assert c.http_req_call(token).err == ErrCode.SERVICE_UNAVAILABLE
+    if phase != "configure":  # a rejected conf is logged once at PrepareConf, not counted per call
+        assert _errors(port) == before + 1
+    assert "Exception in thread" not in proc.log
+    with proc.client() as c:  # the process and the pool are fine
+        assert c.http_req_call(c.prepare_conf(None)).action == "none"

@@ -12,7 +12,8 @@ from conftest import run_in_threads
 
 from runner.errors import PluginLoadError
 from runner.http import Request, Response
-from runner.plugins import Base, Plugin, PluginRegistry, call_filter, has_filter, has_response_filter, load_plugins
+from runner.loader import load_plugins
+from runner.plugins import Base, Plugin, PluginRegistry, call_filter, has_filter, has_response_filter
 
 
 def write(directory: Path, name: str, source: str) -> Path:
@@ -404,8 +405,8 @@ def test_loading_the_same_directory_twice_gives_fresh_classes(tmp_path: Path) ->
                 SEEN.append(request.path)
         """,
     )
-    first = load_plugins(tmp_path).get("counter")
-    second = load_plugins(tmp_path).get("counter")
+    loads = [load_plugins(tmp_path), load_plugins(tmp_path)]  # a load's modules live as long as its registry
+    first, second = (registry.get("counter") for registry in loads)
     assert first is not None and second is not None
     assert first is not second
     assert first.__module__ != second.__module__

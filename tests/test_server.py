@@ -7,10 +7,11 @@ import os
 import socket
 import stat
 import struct
+import sys
 import threading
 
 import pytest
-from conftest import TEST_PLUGINS, act, run_in_threads
+from helpers import TEST_PLUGINS, act, fd_count, run_in_threads, wait_for
 
 from runner.errors import ErrCode
 from runner.frame import MAX_PAYLOAD, MessageType
@@ -292,3 +293,68 @@ def test_socket_is_writable_by_apisix_workers_and_removed_on_sigterm() -> None:
         assert stat.S_IMODE(os.stat(proc.socket_path).st_mode) == 0o766
         assert proc.stop() == 0
         assert not os.path.exists(proc.socket_path)
+
+
+# --- limits and who gets in --------------------------------------------------------
+
+
+def test_connections_beyond_max_connections_are_refused_with_a_log_line() -> None:
+    with RunnerProcess(TEST_PLUGINS, args=["--max-connections", "3"]) as proc:
+        kept = [proc.client() for _ in range(3)]
+        try:
+            for c in kept:
+                assert c.http_req_call(c.prepare_conf(None)).action == "none"
+            with proc.client() as extra:
+                assert extra.sock.recv(16) == b""  # closed at once
+            wait_for(lambda: "max_connections = 3" in proc.log, "the refusal line")
+        finally:
+            for c in kept:
+                c.close()
+        with proc.client() as c:  # room again
+            assert c.http_req_call(c.prepare_conf(None)).action == "none"
+
+
+def test_accept_at_the_descriptor_limit_is_logged_once_and_recovers() -> None:
+    proc = RunnerProcess(TEST_PLUGINS, args=["--threads", "2"])
+    limit = "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100)); " + (
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    proc.argv = [sys.executable, "-c", limit, *proc.argv]
+    with proc:
+        assert proc.proc is not None
+        with proc.client() as holder:
+            spare = 100 - fd_count(proc.proc.pid) - 1
+            token = holder.prepare_conf(act(hold_fds=spare))
+            assert holder.http_req_call(token).err is None  # the runner has no descriptor left
+            waiting = [proc.client(timeout=20) for _ in range(3)]  # queued in the backlog, not accepted
+            wait_for(lambda: "cannot accept APISIX connections" in proc.log, "the EMFILE line")
+            release = holder.prepare_conf(act(close_fds=True), key="route#2#ext-plugin-pre-req#1")
+            assert holder.http_req_call(release).err is None
+        for c in waiting:
+            with c:
+                assert c.http_req_call(c.prepare_conf(None)).action == "none"
+        log = proc.log
+    errors = [x for x in log.splitlines() if "cannot accept APISIX connections" in x]
+    assert len(errors) == 1
+    assert "Too many open files" in errors[0] and "soft 100, hard 100" in errors[0]
+    assert "accepting connections again" in log
+
+
+def test_a_peer_not_in_allowed_uids_is_refused_and_logged() -> None:
+    with RunnerProcess(TEST_PLUGINS, args=["--allowed-uids", "12345"]) as proc:
+        with proc.client() as c:
+            assert c.sock.recv(16) == b""
+        wait_for(lambda: "refusing a connection" in proc.log, "the refusal line")
+        assert f"uid {os.getuid()}" in proc.log and "not in allowed_uids/allowed_gids" in proc.log
+
+
+@pytest.mark.parametrize("setting", [["--allowed-uids", str(os.getuid())], ["--allowed-gids", str(os.getgid())]])
+def test_a_peer_in_allowed_uids_or_gids_gets_in(setting: list[str]) -> None:
+    with RunnerProcess(TEST_PLUGINS, args=setting) as proc, proc.client() as c:
+        assert c.http_req_call(c.prepare_conf(None)).action == "none"
+
+
+def test_tokens_on_the_wire_are_not_sequential(apisix: ApisixClient) -> None:
+    tokens = [apisix.prepare_conf(None, key=f"route#{i}#ext-plugin-pre-req#1") for i in range(50)]
+    assert len(set(tokens)) == 50
+    assert not {abs(b - a) for a, b in zip(tokens, tokens[1:], strict=False)} & set(range(1, 1000))

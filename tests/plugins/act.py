@@ -5,18 +5,35 @@ set_args, add_args, del_args (same shapes), body (new request body), read (touch
 everything, change nothing), vars_to_headers {var: header}, threaded_vars (the same, asked from one thread each),
 stash (keep this request), use_stash (ask a var through the kept request), body_digest (header
 name: set it to "<len>:<sha256>" of the request body), resp_headers [[n, v]],
-stop {status, headers [[n, v]], body, repeat (body repeated n times)}, raise (message).
-Response phase keys, under "resp": set_headers, add_headers, del_headers,
+stop {status, headers [[n, v]], body, repeat (body repeated n times)}, raise (message),
+raise_path (an error quoting the path), raise_base (KeyboardInterrupt, GeneratorExit, SystemExit
+or Custom: a BaseException of its own),
+sleep (seconds), hang (never return), hold_fds (open that many descriptors and keep them),
+close_fds (close them). Response phase keys, under "resp": set_headers, add_headers, del_headers,
 status, body_upper (read the upstream body and replace it upper-cased),
-vars_to_headers, raise.
+vars_to_headers, raise, raise_base. Conf key configure_raise_base: raise it in configure.
 """
 
 import hashlib
+import os
 import threading
+import time
 
 from runner import Plugin
 
 _stash = []
+_held_fds = []
+
+
+class Custom(BaseException):
+    pass
+
+
+_BASE = {"KeyboardInterrupt": KeyboardInterrupt, "GeneratorExit": GeneratorExit, "SystemExit": SystemExit}
+
+
+def _raise_base(kind):
+    raise _BASE.get(kind, Custom)(f"{kind} from the plugin")
 
 
 class Act(Plugin):
@@ -25,11 +42,26 @@ class Act(Plugin):
     def configure(self, config):
         if not isinstance(config, dict):
             raise ValueError("act needs a JSON object")
+        if "configure_raise_base" in config:
+            _raise_base(config["configure_raise_base"])
 
     def filter(self, request, response):
         c = self.config
         if "raise" in c:
             raise RuntimeError(c["raise"])
+        if c.get("raise_path"):
+            raise RuntimeError(f"no route for {request.path}")
+        if "raise_base" in c:
+            _raise_base(c["raise_base"])
+        if "sleep" in c:
+            time.sleep(c["sleep"])
+        if c.get("hang"):
+            threading.Event().wait()
+        for _ in range(c.get("hold_fds", 0)):
+            _held_fds.append(os.open(os.devnull, os.O_RDONLY))
+        if c.get("close_fds"):
+            while _held_fds:
+                os.close(_held_fds.pop())
         if c.get("read"):
             _ = (request.path, request.method, request.src_ip, request.id)
             _ = (list(request.headers), list(request.args), request.headers.get("host"), request.args.getlist("a"))
@@ -85,6 +117,8 @@ class Act(Plugin):
         c = self.config.get("resp", {})
         if "raise" in c:
             raise RuntimeError(c["raise"])
+        if "raise_base" in c:
+            _raise_base(c["raise_base"])
         for name, value in c.get("set_headers", {}).items():
             response.headers[name] = value
         for name, value in c.get("add_headers", []):

@@ -1,0 +1,246 @@
+"""Serving one runner process: start-up, the main thread's event loop, reloads and shutdown.
+
+The main thread only waits for events, which signal handlers and helper
+threads queue (gunicorn's arbiter rule: a handler does nothing else). Rules:
+
+* Plugins are imported on a helper thread, at start-up and at each reload,
+  while the main thread keeps handling signals: a slow or endless import (or a
+  FIFO named ``*.py``) never delays SIGTERM.
+* Start-up: any problem (a setting, the socket path, a plugin file) ends the
+  process with exit status 1 and one line naming the cause.
+* SIGTERM / SIGINT: stop accepting and remove our socket path at once, answer
+  every call already received within ``drain_timeout`` (APISIX sends SIGKILL
+  1 s after SIGTERM), close idle connections, exit 0. The process ends with
+  ``os._exit``: no thread a plugin started, daemon or not, can keep it alive.
+* SIGHUP: reload the plugin directory; if the reload fails, the plugins loaded
+  before keep serving and the log says why. A SIGHUP during a reload is
+  refused with a line. Connections and issued tokens are untouched.
+* Parent gone (when APISIX spawned us: its pipe on stdin reads EOF, or we were
+  re-parented): stop as for SIGTERM, so no orphan holds the socket.
+* Every second: the systemd watchdog ping, STATUS, a check that our socket
+  path is still ours (a takeover is logged), and memory given back after
+  large bodies once no frame is held.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import stat
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import metrics, sockets, systemd, tuning
+from .cache import ConfCache
+from .config import Config
+from .dispatch import Dispatcher, Prepared, err_frame
+from .errors import ErrCode, PluginLoadError, RunnerError
+from .loader import load_plugins
+from .plugins import PluginRegistry
+from .server import RunnerServer
+from .watchdog import StuckCalls, Watchdog
+
+log = logging.getLogger("runner")
+
+STATUS_EVERY = 10.0
+_TRIM_AFTER = 1 << 20  # bytes of frames held since the last trim worth giving back
+
+
+def spawned_by_apisix() -> bool:
+    """Whether APISIX's ``ext-plugin.cmd`` started us: stdin is the pipe ``ngx.pipe``
+    gives its child, APISIX set its variables, and we are not a container's init."""
+    if os.getpid() == 1 or "APISIX_CONF_EXPIRE_TIME" not in os.environ:
+        return False
+    try:
+        return stat.S_ISFIFO(os.fstat(0).st_mode)
+    except OSError:
+        return False
+
+
+def _watch_stdin(events: queue.SimpleQueue[tuple[str, Any]]) -> None:
+    tuning.block_signals()
+    try:
+        while os.read(0, 65536):
+            pass
+    except OSError:
+        pass
+    events.put(("parent-gone", None))
+
+
+def _load(events: queue.SimpleQueue[tuple[str, Any]], what: str, config: Config) -> None:
+    tuning.block_signals()  # and so do the threads plugin files start when imported
+    try:
+        result: PluginRegistry | RunnerError = load_plugins(config.plugins, config.allow_insecure_plugins)
+    except RunnerError as e:
+        result = e
+    except BaseException as e:  # reported on the main thread, never raised on this helper thread
+        result = PluginLoadError(config.plugins, f"{type(e).__name__}: {e}")
+    events.put((what, result))
+
+
+class Runner:
+    """Everything one serving process holds: plugins, conf tokens, the server and its threads."""
+
+    def __init__(self, config: Config, registry: PluginRegistry, listener: Any = None, replace: bool = False) -> None:
+        self.config = config
+        self.stats = metrics.Metrics() if config.metrics_port else None
+        self.cache = ConfCache[Prepared](config.token_ttl, config.max_conf_entries, config.max_conf_bytes)
+        self.dispatcher = Dispatcher(registry, self.cache, self.stats, StuckCalls(config.max_stuck_calls))
+        self.server = RunnerServer(config, self.dispatcher, listener, replace)
+        self.watchdog = Watchdog(
+            self.server.busy_workers,
+            self.server.pool.retire,
+            err_frame(ErrCode.SERVICE_UNAVAILABLE),
+            config.slow_call,
+            config.call_timeout,
+        )
+        self.endpoint: Any = None
+        self._accept: threading.Thread | None = None
+
+    @property
+    def registry(self) -> PluginRegistry:
+        return self.dispatcher.registry
+
+    def start(self) -> None:
+        if self.stats is not None and self.config.metrics_port:
+            server, cache, stuck = self.server, self.cache, self.dispatcher.stuck
+            self.stats.gauge("connections", "Open APISIX connections.", lambda: server.connection_count)
+            self.stats.gauge("calls_in_flight", "Calls being handled.", server.calls_in_flight)
+            self.stats.gauge("conf_tokens", "Live conf tokens.", lambda: len(cache))
+            self.stats.gauge("conf_bytes", "Bytes of route confs held by live tokens.", lambda: cache.bytes)
+            self.stats.gauge("buffered_bytes", "Bytes of frames received or handled.", lambda: server.budget.used)
+            self.stats.gauge("threads", "Threads of the process.", threading.active_count)
+            self.stats.labelled_gauge("stuck_calls", "Calls stuck past call_timeout.", "plugin", stuck.snapshot)
+            self.endpoint = metrics.serve(self.stats, self.config.metrics_host, self.config.metrics_port)
+        self._accept = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 1.0}, name="accept", daemon=True
+        )
+        self._accept.start()
+        self.watchdog.start()
+
+    def reload(self, registry: PluginRegistry) -> None:
+        self.dispatcher.reload(registry)
+
+    def status(self) -> str:
+        return (
+            f"STATUS=serving {self.server.connection_count} connection(s), {len(self.cache)} conf token(s), "
+            f"{len(self.registry)} plugin(s)"
+        )
+
+    def tick(self) -> None:
+        """Once a second on the main thread."""
+        budget = self.server.budget
+        if budget.used == 0 and budget.peak >= _TRIM_AFTER:
+            budget.reset_peak()
+            tuning.release_memory()
+
+    def stop(self) -> int:
+        """Stop accepting, remove our socket path, drain; returns the calls left unanswered."""
+        self.server.shutdown()
+        self.server.server_close()
+        left = self.server.drain(self.config.drain_timeout)
+        self.watchdog.stop()
+        if self.endpoint is not None:
+            self.endpoint.shutdown()
+        return left
+
+
+def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> int:
+    """Run until told to stop; the exit status (0 after a signal, 1 if start-up failed)."""
+    events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+    signal_events = {signal.SIGTERM: "stop", signal.SIGINT: "stop", signal.SIGHUP: "reload"}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        events.put((signal_events[signal.Signals(signum)], None))
+
+    for sig in signal_events:
+        signal.signal(sig, on_signal)
+    tuning.pin_cpu(config.cpu)
+    tuning.raise_fd_limit()
+    tuning.tune_allocator()
+
+    threading.Thread(target=_load, args=(events, "loaded", config), name="load-plugins", daemon=True).start()
+    registry: PluginRegistry | None = None
+    while registry is None:
+        event, value = events.get()
+        if event == "stop":
+            log.info("stopping on signal before start-up finished")
+            return 0
+        if event == "loaded":
+            if isinstance(value, RunnerError):
+                log.critical("cannot start: %s", value)
+                return 1
+            registry = value
+    spawned = spawned_by_apisix()
+    replace = config.replace_socket == "yes" or (config.replace_socket == "auto" and spawned)
+    try:
+        runner = Runner(config, registry, systemd.listen_socket(), replace)
+    except (RunnerError, OSError) as e:
+        log.critical("cannot start: %s", e)
+        return 1
+    runner.start()
+    where = "inherited socket" if runner.server.inode is None else config.socket
+    log.info("serving on %s with %d plugin(s): %s", where, len(registry), ", ".join(registry.names()) or "none")
+    if on_ready is not None:
+        on_ready(runner)
+    watch = config.exit_with_parent == "yes" or (config.exit_with_parent == "auto" and spawned)
+    parent = os.getppid() if watch else None
+    if watch and spawned:  # EOF on APISIX's pipe is the quickest sign it is gone
+        threading.Thread(target=_watch_stdin, args=(events,), name="parent-watch", daemon=True).start()
+
+    systemd.notify("READY=1", runner.status(), f"MAINPID={os.getpid()}")
+    watchdog_ping = systemd.watchdog_interval()
+    tick = min(1.0, watchdog_ping or 1.0)
+    last_status = time.monotonic()
+    reloading = False
+    taken_over = False
+    while True:
+        try:
+            event, value = events.get(timeout=tick)
+        except queue.Empty:
+            event, value = "tick", None
+        if watchdog_ping is not None:
+            systemd.notify("WATCHDOG=1")
+        if parent is not None and os.getppid() != parent:
+            event = "parent-gone"
+        if event == "reload":
+            if reloading:
+                log.warning("SIGHUP ignored: a reload is still running")
+                continue
+            reloading = True
+            systemd.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            threading.Thread(target=_load, args=(events, "reloaded", config), name="reload", daemon=True).start()
+        elif event == "reloaded":
+            reloading = False
+            if isinstance(value, RunnerError):
+                log.error(
+                    "reload failed, still serving the %d plugin(s) loaded before: %s", len(runner.registry), value
+                )
+            else:
+                runner.reload(value)
+                log.info("reloaded %d plugin(s): %s", len(value), ", ".join(value.names()) or "none")
+            systemd.notify("READY=1", runner.status())
+        elif event == "stop":
+            log.info("stopping on signal")
+            break
+        elif event == "parent-gone":
+            log.warning("the process that started us is gone: stopping")
+            break
+        else:
+            runner.tick()
+            inode = runner.server.inode
+            if inode is not None and not taken_over and not sockets.still_ours(str(config.socket), inode):
+                taken_over = True
+                log.warning("socket path %s is no longer ours: another process has replaced it", config.socket)
+            if time.monotonic() - last_status >= STATUS_EVERY:
+                systemd.notify(runner.status())
+                last_status = time.monotonic()
+    systemd.notify("STOPPING=1")
+    left = runner.stop()
+    if left:
+        log.warning("exiting with %d connection(s) still busy after %.1f s", left, config.drain_timeout)
+    return 0

@@ -1,0 +1,94 @@
+"""The health probe: one PrepareConf and one HTTPReqCall over the socket, as APISIX would send them.
+
+A runner that answers both (a token, then "no action" for a conf without
+plugins) has its socket, dispatcher and conf cache working. The probe builds
+its requests with the generic FlatBuffers builder and reads the replies with
+the generic ``a6pluginprotos`` readers, not with the runner's own codec.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import flatbuffers
+from A6.Err.Resp import Resp as ErrResp
+from A6.HTTPReqCall.Resp import Resp as ReqCallResp
+from A6.PrepareConf.Resp import Resp as PrepareConfResp
+
+from .errors import ErrCode
+from .frame import MessageType
+
+
+# merge: protocol slots
+class PrepareConfReq:
+    KEY = 1
+
+
+class HTTPReqCallReq:
+    ID = 0
+    CONF_TOKEN = 6
+
+
+HEALTH_KEY = "apisix-python-runner#health"
+_HEADER = struct.Struct(">I")
+
+
+class Unhealthy(Exception):
+    """The runner did not answer as it should; the message says what happened."""
+
+
+def _prepare_conf() -> bytes:
+    b = flatbuffers.Builder(64)
+    key = b.CreateString(HEALTH_KEY)
+    b.StartObject(2)
+    b.PrependUOffsetTRelativeSlot(PrepareConfReq.KEY, key, 0)
+    b.Finish(b.EndObject())
+    return bytes(b.Output())
+
+
+def _req_call(token: int) -> bytes:
+    b = flatbuffers.Builder(64)
+    b.StartObject(7)
+    b.PrependUint32Slot(HTTPReqCallReq.CONF_TOKEN, token, 0)
+    b.PrependUint32Slot(HTTPReqCallReq.ID, 1, 0)
+    b.Finish(b.EndObject())
+    return bytes(b.Output())
+
+
+def _exchange(sock: socket.socket, type_: int, payload: bytes) -> bytes:
+    sock.sendall(_HEADER.pack(type_ << 24 | len(payload)) + payload)
+    header = _read(sock, 4)
+    word = _HEADER.unpack(header)[0]
+    got, size = word >> 24, word & 0xFFFFFF
+    body = _read(sock, size)
+    if got == MessageType.ERROR:
+        code = ErrCode(ErrResp.GetRootAs(body, 0).Code())
+        raise Unhealthy(f"the runner answered a type-{type_} call with Err {code.name}")
+    if got != type_:
+        raise Unhealthy(f"the runner answered a type-{type_} call with a type-{got} frame")
+    return body
+
+
+def _read(sock: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = sock.recv(size)
+        if not chunk:
+            raise Unhealthy("the runner closed the connection")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def check(path: str, timeout: float) -> None:
+    """Probe the runner on ``path``; ``Unhealthy`` (or ``OSError``) says what is wrong."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        token = PrepareConfResp.GetRootAs(_exchange(sock, MessageType.PREPARE_CONF, _prepare_conf()), 0).ConfToken()
+        if not token:
+            raise Unhealthy("the runner issued conf token 0")
+        reply = ReqCallResp.GetRootAs(_exchange(sock, MessageType.HTTP_REQ_CALL, _req_call(token)), 0)
+        if reply.ActionType() != 0:
+            raise Unhealthy(f"a conf without plugins got action {reply.ActionType()}, not none")

@@ -1,0 +1,115 @@
+"""Process tuning, each piece explicit: CPU pinning (opt-in), the descriptor limit, giving memory back.
+
+* ``cpu``: off by default. Pinned, every thread stays on one CPU: only one
+  thread runs Python at a time anyway, and spread over several CPUs every GIL
+  hand-off between connection threads becomes a cross-CPU wake-up (measured
+  in bench/README.md). Off by default because a pinned runner cannot leave a
+  busy CPU.
+* The soft open-files limit is raised to the hard one at start: every idle
+  APISIX connection is a descriptor, and systemd's default soft limit (1024)
+  would cap them far below the hard limit the host allows. The runner waits
+  with epoll, never ``select``, so high descriptor numbers are safe.
+* Signals go to the main thread: every thread the runner starts blocks the
+  signals the main thread handles (``block_signals``), and so do the threads
+  plugins start from them. Otherwise the kernel may deliver SIGTERM to a
+  thread busy in a plugin, and the main thread would only notice at its next
+  tick.
+* Memory goes back: glibc keeps freed heap memory (big bodies are freed in
+  the heap, not unmapped, once its dynamic mmap threshold has grown), so
+  after large bodies ``release_memory`` asks it to return what is free
+  (``malloc_trim``) once the runner is idle again. Elsewhere (musl, macOS)
+  there is nothing to do.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import resource
+import signal
+from collections.abc import Callable
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_cpu(setting: int | str | None, index: int = 0) -> int | None:
+    """The CPU the ``cpu`` setting names here (``None``: no pinning); ``ConfigError`` if not allowed.
+
+    ``auto`` is the CPU the process runs on; with several workers, worker
+    ``index`` gets the index-th CPU the process may run on.
+    """
+    if setting is None:
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    if setting == "auto":
+        if index:
+            return allowed[index % len(allowed)]
+        with open("/proc/self/stat") as f:  # field 39: the CPU this process last ran on
+            current = int(f.read().rsplit(")", 1)[1].split()[36])
+        return current if current in allowed else allowed[0]
+    if setting not in allowed:
+        shown = ", ".join(map(str, allowed))
+        raise ConfigError(f"cpu: {setting} is not one this process may run on ({shown})")
+    return int(setting)
+
+
+def pin_cpu(setting: int | str | None, index: int = 0) -> None:
+    """Keep every thread on one CPU (threads started later inherit it)."""
+    cpu = resolve_cpu(setting, index)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+        log.info("pinned to CPU %d", cpu)
+
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def block_signals() -> None:
+    """Keep the main thread's signals off the calling thread (and the threads it starts)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft open-files limit to the hard one; returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            log.debug("cannot raise the open files limit from %d to %d: %s", soft, hard, e)
+    return soft
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_trim = _malloc_trim()
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # from <malloc.h>
+
+
+def tune_allocator() -> None:
+    """One glibc arena, big buffers from the heap, trimmed only when asked (see the module docstring)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_ARENA_MAX, 1)
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+
+
+def release_memory() -> None:
+    """Return the heap memory that is free to the system (glibc only)."""
+    if _trim is not None:
+        _trim(0)

@@ -1,0 +1,101 @@
+"""Connections: memory follows the bytes received, and one budget bounds what peers make us hold."""
+
+from __future__ import annotations
+
+import socket
+
+from helpers import TEST_PLUGINS, act, run_in_threads, status_kib, wait_for
+
+from runner.testing import RunnerProcess, encode_frame, extra_info_resp, req_call_req
+
+MIB = 1 << 20
+
+
+def test_headers_announcing_16_mib_and_nothing_more_cost_almost_nothing() -> None:
+    with RunnerProcess(TEST_PLUGINS) as proc:
+        assert proc.proc is not None
+        pid = proc.proc.pid
+        with proc.client() as c:  # warm up: a served call, so what follows measures only the flood
+            assert c.http_req_call(c.prepare_conf(None)).action == "none"
+        before = status_kib(pid, "VmRSS")
+        flood = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(100)]
+        try:
+            for s in flood:
+                s.connect(proc.socket_path)
+                s.sendall(b"\x01\xff\xff\xff")
+            with proc.client() as c:  # every header has been read once this call is answered
+                wait_for(lambda: c.http_req_call(c.prepare_conf(None)).action == "none", "a call after the flood")
+            grown = status_kib(pid, "VmRSS") - before
+        finally:
+            for s in flood:
+                s.close()
+    assert grown < 10 * 1024, f"RSS grew by {grown} KiB"
+
+
+def test_a_frame_over_the_memory_budget_drops_its_connection_with_one_warning() -> None:
+    with RunnerProcess(TEST_PLUGINS, args=["--memory-budget", "1MiB"]) as proc:
+        with proc.client() as big:
+            assert _dropped(big.sock, b"\x01\x20\x00\x00" + b"\0" * (2 * MIB))  # a 2 MiB PrepareConf: no reply
+        wait_for(lambda: "memory_budget" in proc.log, "the warning")
+        line = next(x for x in proc.log.splitlines() if "memory_budget" in x)
+        assert "WARNING" in line and "1048576" in line
+        with proc.client() as c:  # the others go on
+            assert c.http_req_call(c.prepare_conf(None)).action == "none"
+
+
+def test_bodies_within_the_budget_are_all_answered_at_once() -> None:
+    body = bytes(range(256)) * (3 * MIB // 256)
+    with RunnerProcess(TEST_PLUGINS, args=["--memory-budget", "64MiB"]) as proc:
+
+        def one(i: int) -> None:
+            with proc.client() as c:
+                token = c.prepare_conf(act(body_digest="X-D"), key=f"route#{i}#ext-plugin-pre-req#1")
+                reply = c.http_req_call(token, body=body)
+                assert reply.err is None and reply.headers[0][1].startswith(f"{len(body)}:")
+
+        run_in_threads(one, [(i,) for i in range(6)])
+
+
+def test_an_extra_info_answer_over_the_budget_abandons_only_that_call() -> None:
+    with RunnerProcess(TEST_PLUGINS, args=["--memory-budget", "1MiB"]) as proc, proc.client() as c:
+        token = c.prepare_conf(act(body_digest="X-D"))
+        c.send_frame(2, _call(token))
+        type_, _ = c.read_frame()  # the ReqBody question
+        assert type_ == 3
+        # APISIX sees the connection close: a 503 for this request only.
+        assert _dropped(c.sock, encode_frame(3, extra_info_resp(b"x" * (2 * MIB))))
+        with proc.client() as other:
+            assert other.http_req_call(other.prepare_conf(None)).action == "none"
+
+
+def test_memory_goes_back_after_large_bodies() -> None:
+    body = b"b" * (15 * MIB)
+    with RunnerProcess(TEST_PLUGINS, args=["--memory-budget", "128MiB"]) as proc:
+        assert proc.proc is not None
+        pid = proc.proc.pid
+        with proc.client() as c:
+            assert c.http_req_call(c.prepare_conf(None)).action == "none"
+        baseline = status_kib(pid, "VmRSS")
+
+        def one(i: int) -> None:
+            with proc.client() as c:
+                token = c.prepare_conf(act(body_digest="X-D"), key=f"route#{i}#ext-plugin-pre-req#1")
+                assert c.http_req_call(token, body=body).err is None
+
+        run_in_threads(one, [(i,) for i in range(6)])
+        peak = status_kib(pid, "VmHWM")
+        assert peak - baseline > 60 * 1024  # the bodies were really held
+        wait_for(lambda: status_kib(pid, "VmRSS") - baseline < 40 * 1024, "idle RSS back near the baseline")
+
+
+def _dropped(sock: socket.socket, data: bytes) -> bool:
+    """Send ``data``; whether the runner closed the connection (mid-send or after) without a reply."""
+    try:
+        sock.sendall(data)
+        return sock.recv(16) == b""
+    except (BrokenPipeError, ConnectionResetError):
+        return True
+
+
+def _call(token: int) -> bytes:
+    return req_call_req(id=1, token=token, method="POST", path="/", args=[], headers=[], src_ip=b"\x7f\0\0\1")

@@ -1,0 +1,85 @@
+"""The worker pool as APISIX sees it: bounded threads, idle connections that hold none, no deadlock."""
+
+from __future__ import annotations
+
+import socket
+
+from helpers import TEST_PLUGINS, act, run_in_threads, thread_count, wait_for
+
+from runner.testing import RunnerProcess, req_call_req
+
+
+def test_idle_connections_hold_no_thread_and_are_all_answered_later() -> None:
+    with RunnerProcess(TEST_PLUGINS, args=["--threads", "4"]) as proc:
+        assert proc.proc is not None
+        clients = [proc.client(timeout=20) for _ in range(300)]
+        try:
+            token = clients[0].prepare_conf(act(set_headers={"X-A": "1"}))
+            for c in clients:  # every connection has been served once, then went idle
+                assert c.http_req_call(token).rewritten
+            # 4 pool threads, plus the main, selector (accept), watchdog and plugin-loading ones.
+            assert thread_count(proc.proc.pid) <= 4 + 4
+            for c in clients:
+                assert c.http_req_call(token).headers == [("X-A", "1")]
+        finally:
+            for c in clients:
+                c.close()
+
+
+def test_many_connections_at_once_with_a_small_pool_all_get_their_own_answers() -> None:
+    with RunnerProcess(TEST_PLUGINS, args=["--threads", "2"]) as proc:
+
+        def one(i: int) -> None:
+            with proc.client(timeout=30) as c:
+                token = c.prepare_conf(act(set_headers={"X-I": str(i)}), key=f"route#{i}#ext-plugin-pre-req#1")
+                for _ in range(3):
+                    assert c.http_req_call(token).headers == [("X-I", str(i))]
+
+        run_in_threads(one, [(i,) for i in range(60)])
+
+
+def test_nested_prepare_conf_is_answered_while_every_pool_thread_is_busy() -> None:
+    # One thread, held by a slow call; then APISIX's opening sequence: the call's
+    # connection A connects and waits silently, the PrepareConf goes on B.
+    with RunnerProcess(TEST_PLUGINS, args=["--threads", "1"]) as proc:
+        with proc.client() as busy, proc.client() as a, proc.client() as b:
+            slow = busy.prepare_conf(act(sleep=0.5), key="route#slow#ext-plugin-pre-req#1")
+            busy.send_frame(2, _req_call_frame(slow))  # occupies the only thread for 0.5 s
+            token = b.prepare_conf(act(set_headers={"X-N": "1"}))
+            assert a.http_req_call(token).headers == [("X-N", "1")]
+            assert busy.read_frame()[0] == 2  # the slow call was answered too
+
+
+def test_a_connection_that_sends_nothing_holds_no_thread() -> None:
+    # Connections that never send are waiting in the selector: a single pool thread still serves.
+    with RunnerProcess(TEST_PLUGINS, args=["--threads", "1"]) as proc:
+        silent = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(20)]
+        try:
+            for s in silent:
+                s.connect(proc.socket_path)
+            with proc.client() as c:
+                assert c.http_req_call(c.prepare_conf(None)).action == "none"
+        finally:
+            for s in silent:
+                s.close()
+
+
+def test_threads_stay_bounded_while_many_calls_sleep_in_plugins() -> None:
+    with RunnerProcess(TEST_PLUGINS, args=["--threads", "3"]) as proc:
+        assert proc.proc is not None
+        pid = proc.proc.pid
+        peak = [0]
+
+        def one(i: int) -> None:
+            with proc.client(timeout=30) as c:
+                token = c.prepare_conf(act(sleep=0.05), key=f"route#{i}#ext-plugin-pre-req#1")
+                assert c.http_req_call(token).err is None
+                peak[0] = max(peak[0], thread_count(pid))
+
+        run_in_threads(one, [(i,) for i in range(30)])
+        assert peak[0] <= 3 + 4
+        wait_for(lambda: thread_count(pid) <= 3 + 4, "threads to settle")
+
+
+def _req_call_frame(token: int) -> bytes:
+    return req_call_req(id=1, token=token, method="GET", path="/", args=[], headers=[], src_ip=b"\x7f\0\0\1")
