@@ -21,6 +21,11 @@
  *   --idle-hold S   open all connections, keep them idle S seconds, then send
  *                   exactly one call on each and wait (up to --duration) for
  *                   every answer.
+ *   --burst         N fresh connections at the same instant, one call each:
+ *                   all connects start at t0 (a connect refused for a full
+ *                   backlog is retried), each call's latency counts from t0,
+ *                   and each connection closes after its reply. Waits up to
+ *                   --duration for every answer.
  *
  * --busy-poll: poll epoll without sleeping. A sleeping generator makes every
  * reply wake an idle CPU, which on a virtual machine costs the *sender* an
@@ -408,6 +413,7 @@ typedef struct {
     uint32_t out_len, out_off;
     uint8_t *in;
     uint32_t in_len, in_cap;
+    int connecting; /* --burst: connect() still to be (re)tried */
 } conn;
 
 static struct {
@@ -417,7 +423,8 @@ static struct {
     uint32_t id_off;
     expect_t ex;
     uint32_t next_id;
-    int issuing, counting, inflight, busy_poll;
+    int issuing, counting, inflight, busy_poll, burst, burst_left;
+    uint64_t burst_t0;
     long calls, errors, timeouts;
     samples lat;
 } g;
@@ -491,12 +498,14 @@ static void fail(conn *c, const char *why)
 {
     g.errors++;
     log_error(c, why);
+    if (g.burst)
+        g.burst_left--;
     if (c->busy)
         g.inflight--;
     close(c->fd); /* also removes it from the epoll set */
     c->fd = -1;
     c->busy = 0;
-    if (g.issuing && conn_open(c, 1) < 0) {
+    if (g.issuing && !g.burst && conn_open(c, 1) < 0) {
         g.errors++;
         fprintf(stderr, "loadgen: reconnect failed: %s\n", strerror(errno));
     }
@@ -542,7 +551,7 @@ static void start_call(conn *c)
     c->questions = 0;
     c->in_len = 0;
     g.inflight++;
-    c->started = now_ns();
+    c->started = g.burst ? g.burst_t0 : now_ns();
     send_frame(c, c->req, g.request.len);
 }
 
@@ -579,8 +588,34 @@ static void on_frame(conn *c)
         g.calls++;
         samples_add(&g.lat, took);
     }
+    if (g.burst) { /* one call per fresh connection */
+        close(c->fd);
+        c->fd = -1;
+        g.burst_left--;
+        return;
+    }
     if (g.issuing)
         start_call(c);
+}
+
+/* --burst: a non-blocking connect, as APISIX makes; 1 if connected, 0 to retry (full backlog). */
+static int burst_connect(conn *c)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    strcpy(sa.sun_path, g.socket_path);
+    if (c->fd < 0 && (c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0)
+        die("socket: %s", strerror(errno));
+    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        if (errno == EAGAIN || errno == EINPROGRESS)
+            return 0;
+        die("connect: %s", strerror(errno));
+    }
+    c->connecting = 0;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
+    if (epoll_ctl(g.epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0)
+        die("epoll_ctl: %s", strerror(errno));
+    c->want_out = 1;
+    return 1;
 }
 
 static void on_readable(conn *c)
@@ -632,15 +667,22 @@ static void on_event(conn *c, uint32_t events)
         on_readable(c);
 }
 
+static conn *g_conns;
+static int g_nconns, g_connecting;
+
 /* Run the event loop until `until` (ns) or, with `until_idle`, until no call is in flight. */
 static void loop(uint64_t until, int until_idle)
 {
     struct epoll_event evs[256];
     for (;;) {
         uint64_t now = now_ns();
-        if (now >= until || (until_idle && !g.inflight))
+        if (g_connecting) /* --burst: retry the connects a full backlog refused */
+            for (int i = 0; i < g_nconns; i++)
+                if (g_conns[i].connecting && burst_connect(&g_conns[i]))
+                    g_connecting--;
+        if (now >= until || (until_idle && !g.inflight && !g_connecting && !g.burst_left))
             return;
-        int timeout_ms = (int)((until - now + 999999) / 1000000);
+        int timeout_ms = g_connecting ? 1 : (int)((until - now + 999999) / 1000000);
         int n = epoll_wait(g.epfd, evs, 256, g.busy_poll ? 0 : timeout_ms);
         if (n < 0 && errno != EINTR)
             die("epoll_wait: %s", strerror(errno));
@@ -675,7 +717,7 @@ static void usage(void)
 {
     fputs("usage: loadgen --socket PATH --frames DIR --scenario NAME [--conns N] [--duration S]\n"
           "               [--warmup S] [--drain S] [--token T] [--server-pid PID] [--idle-hold S]\n"
-          "               [--busy-poll]\n",
+          "               [--busy-poll] [--burst]\n",
           stderr);
     exit(2);
 }
@@ -689,7 +731,7 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         {"socket", 1, 0, 's'}, {"frames", 1, 0, 'f'},   {"scenario", 1, 0, 'n'},   {"conns", 1, 0, 'c'},
         {"duration", 1, 0, 'd'}, {"warmup", 1, 0, 'w'}, {"drain", 1, 0, 'D'},      {"token", 1, 0, 't'},
-        {"server-pid", 1, 0, 'p'}, {"idle-hold", 1, 0, 'i'}, {"busy-poll", 0, 0, 'b'},
+        {"server-pid", 1, 0, 'p'}, {"idle-hold", 1, 0, 'i'}, {"busy-poll", 0, 0, 'b'}, {"burst", 0, 0, 'B'},
         {0, 0, 0, 0},
     };
     for (int o; (o = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
@@ -705,6 +747,7 @@ int main(int argc, char **argv)
         case 'p': g.server_pid = atoi(optarg); break;
         case 'i': idle_hold = atof(optarg); break;
         case 'b': g.busy_poll = 1; break;
+        case 'B': g.burst = 1; break;
         default: usage();
         }
     }
@@ -741,6 +784,7 @@ int main(int argc, char **argv)
 
     if ((g.epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
         die("epoll_create1: %s", strerror(errno));
+    long base_rss_kb = status_field(g.server_pid, "VmRSS");
     conn *cs = calloc((size_t)conns, sizeof *cs);
     uint64_t t_connect = now_ns();
     for (int i = 0; i < conns; i++) {
@@ -748,7 +792,8 @@ int main(int argc, char **argv)
         cs[i].in = malloc(cs[i].in_cap);
         cs[i].req = malloc(g.request.len);
         memcpy(cs[i].req, g.request.data, g.request.len);
-        if (conn_open(&cs[i], 0) < 0)
+        cs[i].fd = -1;
+        if (!g.burst && conn_open(&cs[i], 0) < 0)
             die("connect %d of %d: %s", i + 1, conns, strerror(errno));
     }
     double connect_s = (double)(now_ns() - t_connect) / 1e9;
@@ -757,7 +802,20 @@ int main(int argc, char **argv)
     uint64_t t0, t1;
     double cli0, cli1, srv0, srv1, all0, all1;
     long idle_rss_kb = -1, idle_threads = -1;
-    if (idle_hold < 0) {
+    if (g.burst) {
+        g_conns = cs, g_nconns = conns;
+        t0 = g.burst_t0 = now_ns(), cli0 = cpu_self_s(), srv0 = cpu_of_pid_s(g.server_pid), all0 = cpu_machine_s();
+        g.counting = 1, g.issuing = 1;
+        for (int i = 0; i < conns; i++) {
+            cs[i].connecting = 1;
+            g_connecting++;
+        }
+        g.burst_left = conns;
+        loop(t0 + (uint64_t)(duration * 1e9), 1);
+        t1 = now_ns(), cli1 = cpu_self_s(), srv1 = cpu_of_pid_s(g.server_pid), all1 = cpu_machine_s();
+        idle_threads = status_field(g.server_pid, "Threads");
+        g.errors += g.burst_left - g.inflight; /* never connected (or never sent) in time */
+    } else if (idle_hold < 0) {
         g.issuing = 1;
         for (int i = 0; i < conns; i++)
             start_call(&cs[i]);
@@ -791,9 +849,11 @@ int main(int argc, char **argv)
     printf("{\"scenario\": \"%s\", \"mode\": \"%s\", \"conns\": %d, \"token\": %u, \"seconds\": %.3f, "
            "\"calls\": %ld, \"errors\": %ld, \"timeouts\": %ld, \"calls_per_s\": %.1f, "
            "\"p50_us\": %.1f, \"p99_us\": %.1f, \"max_us\": %.1f, \"client_cpu_s\": %.3f, "
-           "\"server_cpu_s\": %.3f, \"machine_cpu_s\": %.3f, \"connect_s\": %.3f, \"server_idle_rss_kb\": %ld, \"server_idle_threads\": %ld}\n",
-           scenario, idle_hold < 0 ? "load" : "idle", conns, token, secs, g.calls, g.errors, g.timeouts,
+           "\"server_cpu_s\": %.3f, \"machine_cpu_s\": %.3f, \"connect_s\": %.3f, \"server_idle_rss_kb\": %ld, \"server_idle_threads\": %ld, "
+           "\"server_base_rss_kb\": %ld}\n",
+           scenario, g.burst ? "burst" : idle_hold < 0 ? "load" : "idle", conns, token, secs, g.calls, g.errors, g.timeouts,
            (double)g.calls / secs, pct_us(&g.lat, 0.50), pct_us(&g.lat, 0.99), g.lat.n ? (double)g.lat.v[g.lat.n - 1] / 1000.0 : 0,
-           cli1 - cli0, srv0 < 0 || srv1 < 0 ? -1.0 : srv1 - srv0, all0 < 0 || all1 < 0 ? -1.0 : all1 - all0, connect_s, idle_rss_kb, idle_threads);
+           cli1 - cli0, srv0 < 0 || srv1 < 0 ? -1.0 : srv1 - srv0, all0 < 0 || all1 < 0 ? -1.0 : all1 - all0, connect_s, idle_rss_kb, idle_threads,
+           base_rss_kb);
     return 0;
 }

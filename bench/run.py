@@ -9,12 +9,18 @@ generator samples /proc/<pid>/stat), the load generator's own CPU time, and the
 server's peak RSS (VmHWM). With ``--repeat K`` each figure is the median of K
 runs (errors are summed), and every runner figure is shown next to its ratio
 to the reference server measured in the same run. An ``idle`` check opens
-thousands of connections at once, holds them idle, then sends one call on each.
+thousands of connections at once, holds them idle, then sends one call on each
+(and reports the server's RSS per idle connection and its thread count). A
+``burst`` check opens N fresh connections at the same instant, one call each,
+each call's latency counted from that instant. ``--compare ROOT`` adds a
+third server, the runner of another checkout (e.g. main before a change),
+measured in the same run, point by point.
 
     python bench/run.py                      # everything (about 10 minutes)
     python bench/run.py --quick              # smoke test, under a minute
     python bench/run.py --pin --scenarios stop,body --conns 16 --json out.json
     python bench/run.py --pin --busy-poll    # the load generator never sleeps (see loadgen.c)
+    python bench/run.py --pin --compare /path/to/main-checkout --scenarios stop,rewrite --conns 16,64
 
 Run it with the interpreter that has the runner's dependencies (flatbuffers).
 """
@@ -45,7 +51,7 @@ sys.path.insert(0, str(BENCH))
 
 import frames  # noqa: E402  (lives next to this file)
 
-SERVERS = ("reference", "runner")
+SERVERS = ("reference", "runner", "baseline")
 SERVER_CPU, CLIENT_CPU = 0, 1  # --pin: one vCPU each, so neither steals the other's time
 STARTUP_TIMEOUT_S = 15
 STOP_TIMEOUT_S = 10
@@ -65,6 +71,7 @@ MEDIAN_FIELDS = (
     "server_peak_rss_kb",
     "server_idle_rss_kb",
     "server_idle_threads",
+    "server_base_rss_kb",
     "connect_s",
 )
 
@@ -93,7 +100,7 @@ def proc_status_kb(pid: int, key: str) -> int:
 
 
 def server_command(kind: str, scenario: str, sock: Path, runner_args: list[str]) -> list[str]:
-    if kind == "runner":
+    if kind in ("runner", "baseline"):
         args = ["-m", "runner", "run", "--socket", str(sock), "--plugins", str(BENCH / "plugins")]
         return [sys.executable, *args, "--log-level", "warning", *runner_args]
     return [sys.executable, str(BENCH / "reference.py"), "--socket", str(sock), "--scenario", scenario]
@@ -143,17 +150,24 @@ class Server:
             return self.proc.wait()
 
 
-def run_point(kind: str, scenario: str, conns: int, opts: argparse.Namespace, tmp: Path, idle: bool = False) -> dict:
+def run_point(kind: str, scenario: str, conns: int, opts: argparse.Namespace, tmp: Path, mode: str = "load") -> dict:
     """Start ``kind``, load it with the load generator, stop it; returns the point's figures."""
     sock = tmp / f"{kind}.sock"
     cpu = SERVER_CPU if opts.pin else None
-    command = server_command(kind, scenario, sock, shlex.split(opts.runner_args))
-    server = Server(kind, command, sock, tmp / f"{kind}.log", opts.runner_root, cpu)
+    runner_args = {"runner": shlex.split(opts.runner_args), "baseline": shlex.split(opts.baseline_args)}.get(kind, [])
+    if mode != "load" and kind == "runner":
+        runner_args += ["--max-connections", str(conns + 64)]
+    command = server_command(kind, scenario, sock, runner_args)
+    root = opts.compare if kind == "baseline" else opts.runner_root
+    server = Server(kind, command, sock, tmp / f"{kind}.log", root, cpu)
     cmd = [str(LOADGEN), "--socket", str(sock), "--frames", str(tmp / "frames"), "--scenario", scenario]
     cmd += ["--conns", str(conns), "--server-pid", str(server.proc.pid), "--drain", str(DRAIN_S)]
-    if idle:
+    if mode == "idle":
         cmd += ["--idle-hold", str(opts.idle_hold), "--duration", str(opts.idle_timeout)]
         budget = opts.idle_hold + opts.idle_timeout + 60
+    elif mode == "burst":
+        cmd += ["--burst", "--duration", str(opts.idle_timeout)]
+        budget = opts.idle_timeout + 60
     else:
         cmd += ["--duration", str(opts.duration), "--warmup", str(opts.warmup)]
         cmd += ["--busy-poll"] if opts.busy_poll else []
@@ -203,6 +217,9 @@ def summarise(points: list[dict]) -> dict[tuple, dict]:
         row["server_cores"] = row["server_cpu_s"] / row["seconds"]
         row["client_cores"] = row["client_cpu_s"] / row["seconds"]
         row["other_cores"] = statistics.median(other_cores(p) for p in clean)
+        row["rss_per_conn_kb"] = (
+            (row["server_idle_rss_kb"] - row["server_base_rss_kb"]) / key[3] if row["server_idle_rss_kb"] > 0 else 0
+        )
         out[key] = row
     return out
 
@@ -227,10 +244,21 @@ IDLE_COLUMNS = [
     ("errors", "errors", 0, 1),
     ("connect s", "connect_s", 2, 1),
     ("idle RSS MiB", "server_idle_rss_kb", 1, 1 / 1024),
+    ("RSS KiB per idle conn", "rss_per_conn_kb", 1, 1),
     ("threads", "server_idle_threads", 0, 1),
     ("peak RSS MiB", "server_peak_rss_kb", 1, 1 / 1024),
     ("p50 µs", "p50_us", 0, 1),
     ("max µs", "max_us", 0, 1),
+]
+BURST_COLUMNS = [
+    ("answered", "calls", 0, 1),
+    ("errors", "errors", 0, 1),
+    ("p50 ms", "p50_us", 1, 1 / 1000),
+    ("p99 ms", "p99_us", 1, 1 / 1000),
+    ("max ms", "max_us", 1, 1 / 1000),
+    ("threads after", "server_idle_threads", 0, 1),
+    ("peak RSS MiB", "server_peak_rss_kb", 1, 1 / 1024),
+    ("server CPU s", "server_cpu_s", 2, 1),
 ]
 NO_RATIO = {"errors", "client_cores", "other_cores", "calls"}
 
@@ -253,7 +281,7 @@ def table(summary: dict[tuple, dict], mode: str, columns: list[tuple]) -> list[s
         server, scenario, row_mode, conns = key
         if row_mode != mode:
             continue
-        ref = summary.get(("reference", scenario, mode, conns)) if server == "runner" else None
+        ref = summary.get(("reference", scenario, mode, conns)) if server != "reference" else None
         cells = [server, scenario, str(conns)] + [cell(summary[key], ref, *c[1:]) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -275,17 +303,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--idle-conns", type=int, default=2000, help="connections for the idle check (0: skip it)")
     p.add_argument("--idle-hold", type=float, default=2.0, help="seconds the idle connections stay idle")
-    p.add_argument("--idle-timeout", type=float, default=30.0, help="seconds to wait for every idle call's answer")
+    p.add_argument("--idle-timeout", type=float, default=30.0, help="seconds to wait for every idle/burst answer")
+    p.add_argument("--burst-conns", default="2000,10000", help="fresh connections per burst check (0: skip it)")
     p.add_argument("--runner-args", default="", help='extra flags for the runner, e.g. "--cpu auto"')
     p.add_argument("--runner-root", type=Path, default=ROOT, help="checkout whose runner package to run")
+    p.add_argument("--compare", type=Path, help="also run the runner of this checkout, as server 'baseline'")
+    p.add_argument("--baseline-args", default="", help="extra flags for the baseline runner")
     p.add_argument("--json", type=Path, help="write raw and summarised results to this file")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 and 16 conns, short points, one run")
     opts = p.parse_args(argv)
     if opts.quick:
         opts.conns, opts.duration, opts.warmup, opts.repeat, opts.idle_hold = "1,16", 0.5, 0.2, 1, 0.5
+        opts.burst_conns = "500"
     opts.scenarios = opts.scenarios.split(",")
     opts.conns = [int(c) for c in opts.conns.split(",")]
-    opts.servers = [s for s in SERVERS if s in opts.servers.split(",")]
+    opts.servers = [s for s in SERVERS if s in opts.servers.split(",") and s != "baseline"]
+    if opts.compare:
+        opts.servers.append("baseline")
+    opts.burst_conns = [int(c) for c in opts.burst_conns.split(",") if int(c)]
     unknown = set(opts.scenarios) - set(frames.SCENARIOS)
     if unknown or not opts.servers:
         p.error(f"unknown scenario(s) {sorted(unknown)} or no server selected")
@@ -300,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     # Each idle connection is one descriptor in the load generator and one in the server.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if opts.idle_conns + 64 > hard:
+    if max(opts.idle_conns, *opts.burst_conns, 0) + 64 > hard:
         print(f"warning: RLIMIT_NOFILE hard limit {hard} is too low for {opts.idle_conns} connections", file=sys.stderr)
 
     points: list[dict] = []
@@ -324,8 +359,10 @@ def main(argv: list[str] | None = None) -> int:
                         )
         if opts.idle_conns:
             for kind in opts.servers:
-                point = run_point(kind, "stop", opts.idle_conns, opts, tmp, idle=True)
-                points.append(point)
+                points.append(run_point(kind, "stop", opts.idle_conns, opts, tmp, mode="idle"))
+        for conns in opts.burst_conns:
+            for kind in opts.servers:
+                points.append(run_point(kind, "stop", conns, opts, tmp, mode="burst"))
 
     summary = summarise(points)
     out = [
@@ -346,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     if opts.idle_conns:
         out += ["", f"## idle: {opts.idle_conns} connections held {opts.idle_hold:g} s, then one call on each", ""]
         out += table(summary, "idle", IDLE_COLUMNS)
+    if opts.burst_conns:
+        out += ["", "## burst: fresh connections opened at the same instant, one call each (latency from that instant)", ""]
+        out += table(summary, "burst", BURST_COLUMNS)
     print("\n".join(out))
     if opts.json:
         rows = [dict(zip(("server", "scenario", "mode", "conns"), k, strict=True), **v) for k, v in summary.items()]
