@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         out += ["", f"## idle: {opts.idle_conns} connections held {opts.idle_hold:g} s, then one call on each", ""]
         out += table(summary, "idle", IDLE_COLUMNS)
     if opts.burst_conns:
-        out += ["", "## burst: fresh connections opened at the same instant, one call each (latency from that instant)", ""]
+        out += ["", "## burst: fresh connections opened at one instant, one call each (latency from then)", ""]
         out += table(summary, "burst", BURST_COLUMNS)
     print("\n".join(out))
     if opts.json:
