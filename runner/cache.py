@@ -56,6 +56,7 @@ class ConfCache(Generic[T]):
         max_bytes: int = 64 << 20,
         clock: Callable[[], float] = time.monotonic,
         tokens: Callable[[], int] = lambda: secrets.randbits(32),
+        on_drop: Callable[[int], None] | None = None,
     ) -> None:
         if ttl <= 0 or max_entries < 1 or max_bytes < 1:
             raise ValueError("ttl, max_entries and max_bytes must be positive")
@@ -69,11 +70,18 @@ class ConfCache(Generic[T]):
         self._entries: OrderedDict[int, _Entry[T]] = OrderedDict()  # least recently used first
         self._by_key: dict[str, int] = {}
         self._bytes = 0
+        self._on_drop = on_drop  # told of every token that goes (expired or evicted), under the lock
 
     def __len__(self) -> int:
         with self._lock:
             self._expire(self._clock())
             return len(self._entries)
+
+    def values(self) -> list[T]:
+        """The live entries' values."""
+        with self._lock:
+            self._expire(self._clock())
+            return [entry.value for entry in self._entries.values()]
 
     @property
     def bytes(self) -> int:
@@ -96,20 +104,50 @@ class ConfCache(Generic[T]):
             self._touch(token, entry, now)
             return token
 
+    def issue(self, key: str, conf: object, size: int, build: Callable[[], tuple[T, bool]]) -> int:
+        """The token for a PrepareConf: the live one for ``key`` and ``conf``, or a new one for
+        ``build()``'s value (``(value, False)``: valid, but never to be found by key)."""
+        token = self.find(key, conf)
+        if token is None:
+            value, keyed = build()
+            token = self.add(value, key if keyed else "", conf, size)
+        return token
+
     def add(self, value: T, key: str = "", conf: object = None, size: int = 0) -> int:
         """Store ``value`` under a new token and return the token."""
         with self._lock:
-            now = self._clock()
-            self._expire(now)
-            while self._entries and (len(self._entries) >= self.max_entries or self._bytes + size > self.max_bytes):
-                self._drop(next(iter(self._entries)))
-                self.evicted += 1
             token = self._new_token()
-            self._entries[token] = _Entry(value, key, conf, now + self.ttl, size)
-            self._bytes += size
-            if key:
-                self._by_key[key] = token
+            self._store(token, value, key, conf, size)
             return token
+
+    def put(self, token: int, value: T, size: int = 0) -> None:
+        """Store ``value`` under a token issued elsewhere (another worker's, through the master)."""
+        with self._lock:
+            if token in self._entries:
+                self._drop(token)
+            self._store(token, value, "", None, size)
+
+    def _store(self, token: int, value: T, key: str, conf: object, size: int) -> None:
+        now = self._clock()
+        self._expire(now)
+        while self._entries and (len(self._entries) >= self.max_entries or self._bytes + size > self.max_bytes):
+            self._drop(next(iter(self._entries)))
+            self.evicted += 1
+        self._entries[token] = _Entry(value, key, conf, now + self.ttl, size)
+        self._bytes += size
+        if key:
+            self._by_key[key] = token
+
+    def discard(self, token: int) -> None:
+        """Forget ``token`` now (the master dropped it)."""
+        with self._lock:
+            if token in self._entries:
+                self._drop(token)
+
+    def expire(self) -> None:
+        """Drop what has expired now (rather than at the next use)."""
+        with self._lock:
+            self._expire(self._clock())
 
     def get(self, token: int) -> T:
         """The value for ``token``, refreshing its expiry; ``TokenNotFound`` if unknown or expired."""
@@ -151,6 +189,8 @@ class ConfCache(Generic[T]):
         self._bytes -= entry.size
         if entry.key and self._by_key.get(entry.key) == token:
             del self._by_key[entry.key]
+        if self._on_drop is not None:
+            self._on_drop(token)
 
     def _new_token(self) -> int:
         while True:

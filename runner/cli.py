@@ -16,8 +16,8 @@ import stat
 import sys
 from collections.abc import Sequence
 
-from . import __version__, lifecycle, logs, metrics, probe, sockets, tuning
-from .config import SETTINGS, Config, build, flag
+from . import __version__, arbiter, lifecycle, logs, metrics, probe, sockets, tuning, worker
+from .config import SETTINGS, Config, build, flag, workers_count
 from .errors import RunnerError
 from .loader import load_plugins
 
@@ -52,7 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure("warning", config.log_format)  # warnings (allow_insecure_plugins) on stderr, formatted
         return check(config)
     logs.configure(config.log_level, config.log_format)
-    status = lifecycle.serve(config)
+    worker_spec = os.environ.pop(worker.WORKER_ENV, None)
+    if worker_spec is not None:
+        status = worker.serve(config, worker_spec)
+    elif workers_count(config.workers) > 1:
+        status = arbiter.serve(config, list(argv if argv is not None else sys.argv[1:]), workers_count(config.workers))
+    else:
+        status = lifecycle.serve(config)
     # Whatever threads plugins started, the process ends now (lifecycle's rule).
     logging.shutdown()
     sys.stdout.flush()

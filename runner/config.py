@@ -49,6 +49,7 @@ class Config:
     allowed_uids: tuple[int, ...] = ()
     allowed_gids: tuple[int, ...] = ()
     allow_insecure_plugins: bool = False
+    workers: int | str = 1  # processes; "auto": one per CPU the runner may use
     threads: int = 128
     max_connections: int = 10_000
     memory_budget: int = 64 * MIB
@@ -201,6 +202,18 @@ def _cpu(value: Any) -> int | str | None:
     raise ValueError(f"{value!r} is not none, auto or a CPU number")
 
 
+def _workers(value: Any) -> int | str:
+    text = str(value).lower()
+    if text == "auto":
+        return text
+    return _positive_int(value)
+
+
+def workers_count(setting: int | str) -> int:
+    """How many worker processes ``workers`` means here."""
+    return len(os.sched_getaffinity(0)) if setting == "auto" else int(setting)
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{value!r} is not a non-empty string")
@@ -229,7 +242,8 @@ SETTINGS = (
     Setting("allowed_uids", "A6_RUNNER_ALLOWED_UIDS", _ids(False), "only these peer uids may connect"),
     Setting("allowed_gids", "A6_RUNNER_ALLOWED_GIDS", _ids(True), "only peers in these groups may connect"),
     Setting("allow_insecure_plugins", "A6_RUNNER_ALLOW_INSECURE_PLUGINS", _bool, "load writable plugin files"),
-    Setting("threads", "A6_RUNNER_THREADS", _positive_int, "worker threads running calls"),
+    Setting("workers", "A6_RUNNER_WORKERS", _workers, "worker processes: a number, or auto (one per CPU)"),
+    Setting("threads", "A6_RUNNER_THREADS", _positive_int, "threads running calls, per worker"),
     Setting("max_connections", "A6_RUNNER_MAX_CONNECTIONS", _positive_int, "open APISIX connections"),
     Setting("memory_budget", "A6_RUNNER_MEMORY_BUDGET", _size, "bytes of frames being received or handled"),
     Setting("call_timeout", "A6_RUNNER_CALL_TIMEOUT", _seconds(3600), "seconds before a call gets 503"),

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from . import frame, messages
-from .cache import ConfCache
 from .errors import (
     CallAbandoned,
     ConfUnusable,
@@ -104,13 +103,24 @@ def _unusable(reason: str) -> Prepared:
     return Prepared((), (), reason)
 
 
+class TokenStore(Protocol):
+    """Where conf tokens live: this process's ``ConfCache``, or one shared by worker processes."""
+
+    def issue(self, key: str, conf: object, size: int, build: Callable[[], tuple[Prepared, bool]]) -> int: ...
+    def get(self, token: int) -> Prepared: ...
+    def forget_keys(self) -> None: ...
+    def __len__(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+
+
 class Dispatcher:
-    """Turns request frames into reply frames with the current plugin registry and conf cache."""
+    """Turns request frames into reply frames with the current plugin registry and conf tokens."""
 
     def __init__(
         self,
         registry: PluginRegistry,
-        cache: ConfCache[Prepared],
+        cache: TokenStore,
         metrics: Metrics | None = None,
         stuck: StuckCalls | None = None,
     ) -> None:
@@ -169,27 +179,31 @@ class Dispatcher:
 
     def _prepare_conf(self, payload: messages.Buffer) -> bytes:
         req = messages.parse_prepare_conf(payload)
-        token = self.cache.find(req.key, req.conf)
-        if token is None:
+        failed: list[str] = []
+
+        def build() -> tuple[Prepared, bool]:
             registry = self.registry
-            prepared = self.prepare(req.conf)
+            prepared = self.prepare(req.conf, registry)
+            if prepared.error:
+                failed.append(prepared.error)
             # Built with plugins a reload has replaced meanwhile: valid, but not
             # to be found again by key (the next PrepareConf must use new code).
-            key = req.key if self.registry is registry else ""
-            token = self.cache.add(prepared, key, req.conf, len(payload))
-            if prepared.error:
-                # Still a token: a refused PrepareConf would make APISIX retry
-                # under its global lock; the calls on this token fail instead.
-                log.error("conf token %d (key %r) fails every call with 503: %s", token, req.key, prepared.error)
+            return prepared, self.registry is registry
+
+        token = self.cache.issue(req.key, req.conf, len(payload), build)
+        if failed:
+            # Still a token: a refused PrepareConf would make APISIX retry
+            # under its global lock; the calls on this token fail instead.
+            log.error("conf token %d (key %r) fails every call with 503: %s", token, req.key, failed[0])
         return messages.encode_prepare_conf_resp(token)
 
-    def prepare(self, conf: list[tuple[str, str]]) -> Prepared:
+    def prepare(self, conf: list[tuple[str, str]], registry: PluginRegistry | None = None) -> Prepared:
         """Instantiate and configure the plugins of one route conf, in order. Never raises.
 
         Conf values are never logged or echoed (they hold secrets): a rejection
         names the plugin and the exception only.
         """
-        registry = self.registry
+        registry = registry or self.registry
         chain: list[tuple[str, Plugin]] = []
         for given, value in conf:
             cls = registry.get(given)

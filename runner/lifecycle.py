@@ -37,7 +37,7 @@ from typing import Any
 from . import metrics, sockets, systemd, tuning
 from .cache import ConfCache
 from .config import Config
-from .dispatch import Dispatcher, Prepared, err_frame
+from .dispatch import Dispatcher, Prepared, TokenStore, err_frame
 from .errors import ErrCode, PluginLoadError, RunnerError
 from .loader import load_plugins
 from .plugins import PluginRegistry
@@ -61,14 +61,20 @@ def spawned_by_apisix() -> bool:
         return False
 
 
-def _watch_stdin(events: queue.SimpleQueue[tuple[str, Any]]) -> None:
+def watch_stdin(gone: Callable[[], None]) -> None:
+    """Call ``gone`` when APISIX's end of our stdin pipe closes (run on its own thread)."""
     tuning.block_signals()
     try:
         while os.read(0, 65536):
             pass
     except OSError:
         pass
-    events.put(("parent-gone", None))
+    gone()
+
+
+def load_in_background(events: queue.SimpleQueue[tuple[str, Any]], what: str, config: Config) -> None:
+    """Import the plugin directory on a helper thread; ``(what, registry or RunnerError)`` arrives on ``events``."""
+    threading.Thread(target=_load, args=(events, what, config), name=f"{what}-plugins", daemon=True).start()
 
 
 def _load(events: queue.SimpleQueue[tuple[str, Any]], what: str, config: Config) -> None:
@@ -85,10 +91,23 @@ def _load(events: queue.SimpleQueue[tuple[str, Any]], what: str, config: Config)
 class Runner:
     """Everything one serving process holds: plugins, conf tokens, the server and its threads."""
 
-    def __init__(self, config: Config, registry: PluginRegistry, listener: Any = None, replace: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        registry: PluginRegistry,
+        listener: Any = None,
+        replace: bool = False,
+        tokens: TokenStore | None = None,
+        collect_metrics: bool | None = None,
+    ) -> None:
         self.config = config
-        self.stats = metrics.Metrics() if config.metrics_port else None
-        self.cache = ConfCache[Prepared](config.token_ttl, config.max_conf_entries, config.max_conf_bytes)
+        wanted = bool(config.metrics_port) if collect_metrics is None else collect_metrics
+        self.stats = metrics.Metrics() if wanted else None
+        self.cache: TokenStore = (
+            tokens
+            if tokens is not None
+            else ConfCache[Prepared](config.token_ttl, config.max_conf_entries, config.max_conf_bytes)
+        )
         self.dispatcher = Dispatcher(registry, self.cache, self.stats, StuckCalls(config.max_stuck_calls))
         self.server = RunnerServer(config, self.dispatcher, listener, replace)
         self.watchdog = Watchdog(
@@ -105,8 +124,9 @@ class Runner:
     def registry(self) -> PluginRegistry:
         return self.dispatcher.registry
 
-    def start(self) -> None:
-        if self.stats is not None and self.config.metrics_port:
+    def start(self, endpoint: bool = True) -> None:
+        """Start serving; ``endpoint``: also serve the metrics (a worker's master serves them instead)."""
+        if self.stats is not None:
             server, cache, stuck = self.server, self.cache, self.dispatcher.stuck
             self.stats.gauge("connections", "Open APISIX connections.", lambda: server.connection_count)
             self.stats.gauge("calls_in_flight", "Calls being handled.", server.calls_in_flight)
@@ -115,7 +135,8 @@ class Runner:
             self.stats.gauge("buffered_bytes", "Bytes of frames received or handled.", lambda: server.budget.used)
             self.stats.gauge("threads", "Threads of the process.", threading.active_count)
             self.stats.labelled_gauge("stuck_calls", "Calls stuck past call_timeout.", "plugin", stuck.snapshot)
-            self.endpoint = metrics.serve(self.stats, self.config.metrics_host, self.config.metrics_port)
+            if endpoint and self.config.metrics_port:
+                self.endpoint = metrics.serve(self.stats, self.config.metrics_host, self.config.metrics_port)
         self._accept = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 1.0}, name="accept", daemon=True
         )
@@ -163,7 +184,7 @@ def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> i
     tuning.raise_fd_limit()
     tuning.tune_allocator()
 
-    threading.Thread(target=_load, args=(events, "loaded", config), name="load-plugins", daemon=True).start()
+    load_in_background(events, "loaded", config)
     registry: PluginRegistry | None = None
     while registry is None:
         event, value = events.get()
@@ -190,7 +211,8 @@ def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> i
     watch = config.exit_with_parent == "yes" or (config.exit_with_parent == "auto" and spawned)
     parent = os.getppid() if watch else None
     if watch and spawned:  # EOF on APISIX's pipe is the quickest sign it is gone
-        threading.Thread(target=_watch_stdin, args=(events,), name="parent-watch", daemon=True).start()
+        gone = lambda: events.put(("parent-gone", None))  # noqa: E731
+        threading.Thread(target=watch_stdin, args=(gone,), name="parent-watch", daemon=True).start()
 
     systemd.notify("READY=1", runner.status(), f"MAINPID={os.getpid()}")
     watchdog_ping = systemd.watchdog_interval()
@@ -213,7 +235,7 @@ def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> i
                 continue
             reloading = True
             systemd.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-            threading.Thread(target=_load, args=(events, "reloaded", config), name="reload", daemon=True).start()
+            load_in_background(events, "reloaded", config)
         elif event == "reloaded":
             reloading = False
             if isinstance(value, RunnerError):

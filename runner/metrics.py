@@ -24,6 +24,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from . import tuning
 
@@ -79,40 +80,90 @@ class Metrics:
     def labelled_gauge(self, name: str, help: str, label: str, read: Callable[[], dict[str, int]]) -> None:
         self._labelled.append((name, help, label, read))
 
-    def render(self) -> str:
-        out: list[str] = []
-
-        def family(name: str, kind: str, help: str) -> None:
-            out.append(f"# HELP {PREFIX}_{name} {help}")
-            out.append(f"# TYPE {PREFIX}_{name} {kind}")
-
+    def snapshot(self) -> Snapshot:
+        """Every figure as plain data: what a worker sends its master, and what ``render`` prints."""
         with self._lock:
-            calls = sorted(self._calls.items())
-            errors = sorted(self._plugin_errors.items())
-            extra = sorted(self._extra_info.items())
-            hists = {name: (list(b), self._plugin_sum[name]) for name, b in sorted(self._plugin_buckets.items())}
-        family("calls_total", "counter", "Requests from APISIX by message type and outcome.")
-        out += [f"{PREFIX}_calls_total{_labels(type=t, outcome=o)} {n}" for (t, o), n in calls]
-        family("plugin_errors_total", "counter", "Exceptions raised by plugins.")
-        out += [f"{PREFIX}_plugin_errors_total{_labels(plugin=p)} {n}" for p, n in errors]
-        family("extra_info_total", "counter", "ExtraInfo round trips with APISIX by kind.")
-        out += [f"{PREFIX}_extra_info_total{_labels(kind=k)} {n}" for k, n in extra]
-        family("plugin_duration_seconds", "histogram", "Time spent in a plugin's filter or response_filter.")
-        for name, (buckets, total) in hists.items():
-            running = 0
-            for bound, count in zip((*BUCKETS, float("inf")), buckets, strict=True):
-                running += count
-                le = "+Inf" if bound == float("inf") else repr(bound)
-                out.append(f"{PREFIX}_plugin_duration_seconds_bucket{_labels(plugin=name, le=le)} {running}")
-            out.append(f"{PREFIX}_plugin_duration_seconds_sum{_labels(plugin=name)} {total}")
-            out.append(f"{PREFIX}_plugin_duration_seconds_count{_labels(plugin=name)} {running}")
-        for name, help, read in self._gauges:
-            family(name, "gauge", help)
-            out.append(f"{PREFIX}_{name} {read()}")
-        for name, help, label, values in self._labelled:
-            family(name, "gauge", help)
-            out += [f"{PREFIX}_{name}{_labels(**{label: k})} {v}" for k, v in sorted(values().items())]
-        return "\n".join(out) + "\n"
+            snap: Snapshot = {
+                "calls": [[t, o, n] for (t, o), n in self._calls.items()],
+                "errors": dict(self._plugin_errors),
+                "extra": dict(self._extra_info),
+                "hist": {name: [*b, self._plugin_sum[name]] for name, b in self._plugin_buckets.items()},
+            }
+        snap["gauges"] = {name: [help, read()] for name, help, read in self._gauges}
+        snap["labelled"] = {name: [help, label, read()] for name, help, label, read in self._labelled}
+        return snap
+
+    def render(self) -> str:
+        return render(self.snapshot())
+
+
+#: ``Metrics.snapshot()``: counters, histograms (buckets then sum), gauges with their help text.
+Snapshot = dict[str, Any]
+
+
+def merge(snapshots: list[Snapshot]) -> Snapshot:
+    """The sum of several processes' snapshots: what one endpoint shows for every worker."""
+    calls: Counter[tuple[str, str]] = Counter()
+    errors: Counter[str] = Counter()
+    extra: Counter[str] = Counter()
+    hist: dict[str, list[float]] = {}
+    gauges: dict[str, list[Any]] = {}
+    labelled: dict[str, list[Any]] = {}
+    for snap in snapshots:
+        for t, o, n in snap["calls"]:
+            calls[t, o] += n
+        errors.update(snap["errors"])
+        extra.update(snap["extra"])
+        for name, values in snap["hist"].items():
+            total = hist.setdefault(name, [0] * len(values))
+            hist[name] = [a + b for a, b in zip(total, values, strict=True)]
+        for name, (help, value) in snap["gauges"].items():
+            gauges[name] = [help, gauges.get(name, [help, 0])[1] + value]
+        for name, (help, label, values) in snap["labelled"].items():
+            summed: Counter[str] = Counter(labelled.get(name, [help, label, {}])[2])
+            summed.update(values)
+            labelled[name] = [help, label, dict(summed)]
+    return {
+        "calls": [[t, o, n] for (t, o), n in calls.items()],
+        "errors": dict(errors),
+        "extra": dict(extra),
+        "hist": hist,
+        "gauges": gauges,
+        "labelled": labelled,
+    }
+
+
+def render(snap: Snapshot) -> str:
+    """Prometheus text format 0.0.4 for a snapshot."""
+    out: list[str] = []
+
+    def family(name: str, kind: str, help: str) -> None:
+        out.append(f"# HELP {PREFIX}_{name} {help}")
+        out.append(f"# TYPE {PREFIX}_{name} {kind}")
+
+    family("calls_total", "counter", "Requests from APISIX by message type and outcome.")
+    out += [f"{PREFIX}_calls_total{_labels(type=t, outcome=o)} {n}" for t, o, n in sorted(snap["calls"])]
+    family("plugin_errors_total", "counter", "Exceptions raised by plugins.")
+    out += [f"{PREFIX}_plugin_errors_total{_labels(plugin=p)} {n}" for p, n in sorted(snap["errors"].items())]
+    family("extra_info_total", "counter", "ExtraInfo round trips with APISIX by kind.")
+    out += [f"{PREFIX}_extra_info_total{_labels(kind=k)} {n}" for k, n in sorted(snap["extra"].items())]
+    family("plugin_duration_seconds", "histogram", "Time spent in a plugin's filter or response_filter.")
+    for name, values in sorted(snap["hist"].items()):
+        *buckets, total = values
+        running = 0
+        for bound, count in zip((*BUCKETS, float("inf")), buckets, strict=True):
+            running += int(count)
+            le = "+Inf" if bound == float("inf") else repr(bound)
+            out.append(f"{PREFIX}_plugin_duration_seconds_bucket{_labels(plugin=name, le=le)} {running}")
+        out.append(f"{PREFIX}_plugin_duration_seconds_sum{_labels(plugin=name)} {total}")
+        out.append(f"{PREFIX}_plugin_duration_seconds_count{_labels(plugin=name)} {running}")
+    for name, (help, value) in snap["gauges"].items():
+        family(name, "gauge", help)
+        out.append(f"{PREFIX}_{name} {value}")
+    for name, (help, label, values) in snap["labelled"].items():
+        family(name, "gauge", help)
+        out += [f"{PREFIX}_{name}{_labels(**{label: k})} {v}" for k, v in sorted(values.items())]
+    return "\n".join(out) + "\n"
 
 
 class _Server(ThreadingHTTPServer):
@@ -147,13 +198,17 @@ def check_host(host: str, port: int = 0) -> int:
     return family
 
 
-def serve(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer:
-    """Start the endpoint on a daemon thread; ``shutdown()`` the returned server to stop it."""
+def serve(metrics: Metrics | Callable[[], str], host: str, port: int) -> ThreadingHTTPServer:
+    """Start the endpoint on a daemon thread; ``shutdown()`` the returned server to stop it.
+
+    ``metrics`` is this process's ``Metrics``, or (a master) a function that renders the workers' sum.
+    """
+    text = metrics.render if isinstance(metrics, Metrics) else metrics
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path.split("?", 1)[0] == "/metrics":
-                body, ctype = metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8"
+                body, ctype = text().encode(), "text/plain; version=0.0.4; charset=utf-8"
             elif self.path == "/healthz":
                 body, ctype = b"ok\n", "text/plain; charset=utf-8"
             else:

@@ -35,18 +35,18 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def resolve_cpu(setting: int | str | None, index: int = 0) -> int | None:
+def resolve_cpu(setting: int | str | None, worker: int | None = None) -> int | None:
     """The CPU the ``cpu`` setting names here (``None``: no pinning); ``ConfigError`` if not allowed.
 
     ``auto`` is the CPU the process runs on; with several workers, worker
-    ``index`` gets the index-th CPU the process may run on.
+    ``i`` gets the i-th CPU the process may run on.
     """
     if setting is None:
         return None
     allowed = sorted(os.sched_getaffinity(0))
     if setting == "auto":
-        if index:
-            return allowed[index % len(allowed)]
+        if worker is not None:
+            return allowed[worker % len(allowed)]
         with open("/proc/self/stat") as f:  # field 39: the CPU this process last ran on
             current = int(f.read().rsplit(")", 1)[1].split()[36])
         return current if current in allowed else allowed[0]
@@ -56,9 +56,9 @@ def resolve_cpu(setting: int | str | None, index: int = 0) -> int | None:
     return int(setting)
 
 
-def pin_cpu(setting: int | str | None, index: int = 0) -> None:
+def pin_cpu(setting: int | str | None, worker: int | None = None) -> None:
     """Keep every thread on one CPU (threads started later inherit it)."""
-    cpu = resolve_cpu(setting, index)
+    cpu = resolve_cpu(setting, worker)
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
         log.info("pinned to CPU %d", cpu)

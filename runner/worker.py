@@ -1,0 +1,157 @@
+"""One worker process of a multi-process runner: the usual server, on the master's socket and tokens.
+
+The master (``arbiter``) starts each worker with the listening socket and its
+end of a socketpair (``channel``). A worker is the single-process runner in
+every respect (pool, budget, deadlines, plugins) except:
+
+* Conf tokens come from the master (``shared.SharedTokens``).
+* It does not handle SIGHUP or talk to systemd; the master does. A reload is
+  two-phase: ``reload-prepare`` loads the plugins on a helper thread and
+  answers whether that worked; ``reload-commit`` switches to them,
+  ``reload-abort`` drops them. So a reload that fails in any worker keeps the
+  old plugins in all of them.
+* It stops on SIGTERM or ``stop`` from the master, and when the master is
+  gone (the channel closes), so no worker outlives it.
+* Its log records carry ``worker`` (its index).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+from typing import Any
+
+from . import tuning
+from .channel import Channel, ChannelClosed, Message, Requests
+from .config import Config
+from .dispatch import Prepared
+from .errors import RunnerError
+from .lifecycle import Runner, load_in_background
+from .plugins import PluginRegistry
+from .shared import Conf, SharedTokens
+
+log = logging.getLogger("runner")
+
+#: Set by the master in a worker's environment: ``index,listening fd,channel fd,plugin generation``.
+WORKER_ENV = "A6_RUNNER_WORKER"
+ASK_TIMEOUT = 10.0  # a master that does not answer a token question in this time is gone
+
+
+class _WorkerField(logging.Filter):
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
+def serve(config: Config, spec: str) -> int:
+    index, listen_fd, channel_fd, generation = (int(x) for x in spec.split(","))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_WorkerField(index))
+    events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: events.put(("stop", None)))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the master reloads us, in two phases
+    tuning.pin_cpu(config.cpu, worker=index)
+    tuning.raise_fd_limit()
+    tuning.tune_allocator()
+    channel = Channel(socket.socket(fileno=channel_fd))
+    requests = Requests(channel, ASK_TIMEOUT)
+
+    load_in_background(events, "loaded", config)
+    event, registry = events.get()
+    while event != "loaded":
+        if event == "stop":
+            return 0
+        event, registry = events.get()
+    if isinstance(registry, RunnerError):
+        channel.send({"op": "failed", "reason": str(registry)})
+        return 1
+
+    registries: dict[int, PluginRegistry] = {generation: registry}
+    runner: Runner | None = None
+
+    def rebuild(conf: Conf, gen: int) -> Prepared | None:
+        plugins = registries.get(gen)
+        return None if plugins is None or runner is None else runner.dispatcher.prepare(conf, plugins)
+
+    tokens = SharedTokens(requests, config, rebuild)
+    listener = socket.socket(fileno=listen_fd)
+    runner = Runner(config, registry, listener, tokens=tokens)
+    runner.start(endpoint=False)
+    threading.Thread(target=_read, args=(channel, requests, events), name="master", daemon=True).start()
+    channel.send({"op": "ready", "pid": os.getpid()})
+
+    pending: PluginRegistry | None = None
+    while True:
+        try:
+            event, value = events.get(timeout=1.0)
+        except queue.Empty:
+            event, value = "tick", None
+        if event == "stop":
+            break
+        if event == "gone":
+            log.warning("the master is gone: stopping")
+            break
+        if event == "tick":
+            runner.tick()
+            used = tokens.flush_uses()
+            if used:
+                _send(channel, {"op": "touch", "tokens": used})
+        elif event == "message":
+            op = value["op"]
+            if op == "drop":
+                tokens.discard(value["tokens"])
+            elif op == "reload-prepare":
+                load_in_background(events, "reloaded", config)
+            elif op == "reload-commit" and pending is not None:
+                registries[int(value["generation"])] = pending
+                runner.reload(pending)
+                pending = None
+            elif op == "reload-abort":
+                pending = None
+            elif op == "generations":
+                for gen in set(registries) - set(value["live"]):
+                    del registries[gen]  # no live token runs these plugins any more
+            elif op == "metrics":
+                snapshot = runner.stats.snapshot() if runner.stats is not None else None
+                _send(channel, {"op": "answer", "id": value["id"], "metrics": snapshot})
+        elif event == "reloaded":
+            if isinstance(value, RunnerError):
+                _send(channel, {"op": "reload-result", "ok": False, "reason": str(value)})
+            else:
+                pending = value
+                _send(channel, {"op": "reload-result", "ok": True, "plugins": value.names()})
+    left = runner.stop()
+    if left:
+        log.warning("exiting with %d connection(s) still busy after %.1f s", left, config.drain_timeout)
+    requests.close()
+    return 0
+
+
+def _read(channel: Channel, requests: Requests, events: queue.SimpleQueue[tuple[str, Any]]) -> None:
+    tuning.block_signals()
+    try:
+        while True:
+            message: Message = channel.recv()
+            if message.get("op") == "answer":
+                requests.answered(message)
+            else:
+                events.put(("message", message))
+    except ChannelClosed:
+        requests.close()
+        events.put(("gone", None))
+
+
+def _send(channel: Channel, message: Message) -> None:
+    try:
+        channel.send(message)
+    except ChannelClosed:
+        pass  # the reader thread reports the master gone
