@@ -42,6 +42,7 @@ from .config import Config
 from .errors import RunnerError
 from .lifecycle import spawned_by_apisix, watch_stdin
 from .shared import TokenTable
+from .shares import Shares
 from .worker import WORKER_ENV
 
 log = logging.getLogger("runner")
@@ -79,6 +80,8 @@ class Arbiter:
         self.reload: dict[int, Message | None] | None = None
         self.reload_deadline = 0.0
         self.live_generations: set[int] = {self.table.generation}
+        self.shares_fd = Shares.create(count)
+        self.shares = Shares(self.shares_fd, count, 0)
 
     # --- workers --------------------------------------------------------------
 
@@ -87,11 +90,11 @@ class Arbiter:
         ours, theirs = socket.socketpair()
         listen_fd = self.listener.fileno()
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-        env[WORKER_ENV] = f"{slot.index},{listen_fd},{theirs.fileno()},{self.table.generation}"
+        fds = (listen_fd, theirs.fileno(), self.shares_fd)
+        env[WORKER_ENV] = ",".join(map(str, (slot.index, len(self.slots), *fds, self.table.generation)))
         slot.proc = subprocess.Popen(
-            [sys.executable, "-m", "runner", *self.argv], env=env, stdin=subprocess.DEVNULL,
-            pass_fds=(listen_fd, theirs.fileno()),
-        )  # fmt: skip
+            [sys.executable, "-m", "runner", *self.argv], env=env, stdin=subprocess.DEVNULL, pass_fds=fds
+        )
         theirs.close()
         slot.channel = Channel(ours)
         slot.requests = Requests(slot.channel, 2.0)
@@ -317,6 +320,7 @@ class Arbiter:
         if status is None and slot.proc is not None:
             return
         slot.ready = False
+        self.shares.clear(slot.index)
         quick = time.monotonic() - slot.started < _STABLE_AFTER
         slot.failures = slot.failures + 1 if quick or not was_ready else 0
         slot.reason = slot.reason if not was_ready and slot.reason else f"exited with status {status}"

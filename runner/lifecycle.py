@@ -42,6 +42,7 @@ from .errors import ErrCode, PluginLoadError, RunnerError
 from .loader import load_plugins
 from .plugins import PluginRegistry
 from .server import RunnerServer
+from .shares import Shares
 from .watchdog import StuckCalls, Watchdog
 
 log = logging.getLogger("runner")
@@ -98,18 +99,17 @@ class Runner:
         listener: Any = None,
         replace: bool = False,
         tokens: TokenStore | None = None,
-        collect_metrics: bool | None = None,
+        shares: Shares | None = None,
     ) -> None:
         self.config = config
-        wanted = bool(config.metrics_port) if collect_metrics is None else collect_metrics
-        self.stats = metrics.Metrics() if wanted else None
+        self.stats = metrics.Metrics() if config.metrics_port else None
         self.cache: TokenStore = (
             tokens
             if tokens is not None
             else ConfCache[Prepared](config.token_ttl, config.max_conf_entries, config.max_conf_bytes)
         )
         self.dispatcher = Dispatcher(registry, self.cache, self.stats, StuckCalls(config.max_stuck_calls))
-        self.server = RunnerServer(config, self.dispatcher, listener, replace)
+        self.server = RunnerServer(config, self.dispatcher, listener, replace, shares)
         self.watchdog = Watchdog(
             self.server.busy_workers,
             self.server.pool.retire,

@@ -41,6 +41,7 @@ from .dispatch import Dispatcher
 from .errors import ConfigError
 from .logs import Throttle
 from .pool import Worker, WorkerPool
+from .shares import DEFER, Shares
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +85,22 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
     request_queue_size = 4096  # a full backlog makes APISIX's non-blocking connect fail at once
 
     def __init__(
-        self, config: Config, dispatcher: Dispatcher, sock: socket.socket | None = None, replace: bool = False
+        self,
+        config: Config,
+        dispatcher: Dispatcher,
+        sock: socket.socket | None = None,
+        replace: bool = False,
+        shares: Shares | None = None,
     ) -> None:
         """Bind ``config.socket`` (taking a live runner's path over only if ``replace``),
         or serve ``sock`` when a listening socket is inherited (systemd, a master)."""
         self.config = config
         self.replace = replace
+        # Worker processes share the listener: one connection per wake-up, and
+        # only while this worker holds no more than its share (``shares``).
+        self.shares = shares
+        self.accept_burst = 1 if shares is not None else ACCEPT_BURST
+        self._deferred_since = 0.0
         self.dispatcher = dispatcher
         self.stuck = dispatcher.stuck
         self.call_timeout = config.call_timeout
@@ -187,13 +198,23 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
     def forget(self, conn: Connection) -> None:
         with self._lock:
             self._connections.discard(conn)
+            if self.shares is not None:
+                self.shares.publish(len(self._connections))
             if not self._connections:
                 self._gone.notify_all()
 
     # --- accepting ------------------------------------------------------------
 
     def _accept(self) -> None:
-        for _ in range(ACCEPT_BURST):
+        if self.shares is not None and not self.shares.fair():
+            now = time.monotonic()
+            if not self._deferred_since:
+                self._deferred_since = now
+            if now - self._deferred_since < DEFER:
+                self._hold_accepting(DEFER)  # another worker, with fewer connections, may take it
+                return
+        self._deferred_since = 0.0
+        for _ in range(self.accept_burst):
             try:
                 request, client_address = self.get_request()
             except BlockingIOError:
@@ -227,9 +248,12 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
                 len(self._connections),
             )
         self._accept_failures += 1
-        self._selector.unregister(self.socket)
-        self._paused_until = time.monotonic() + self._pause
+        self._hold_accepting(self._pause)
         self._pause = min(_PAUSE_MAX, self._pause * 2)
+
+    def _hold_accepting(self, seconds: float) -> None:
+        self._selector.unregister(self.socket)
+        self._paused_until = time.monotonic() + seconds
 
     def _resume_accepting(self) -> None:
         self._paused_until = 0.0
@@ -268,6 +292,8 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
             self._connections.add(conn)
             self._idle.add(conn)
             self._selector.register(request, selectors.EVENT_READ, conn)
+            if self.shares is not None:
+                self.shares.publish(len(self._connections))
 
     # --- budget -------------------------------------------------------------
 

@@ -33,10 +33,12 @@ from .errors import RunnerError
 from .lifecycle import Runner, load_in_background
 from .plugins import PluginRegistry
 from .shared import Conf, SharedTokens
+from .shares import Shares
 
 log = logging.getLogger("runner")
 
-#: Set by the master in a worker's environment: ``index,listening fd,channel fd,plugin generation``.
+#: Set by the master in a worker's environment:
+#: ``index,workers,listening fd,channel fd,shares fd,plugin generation``.
 WORKER_ENV = "A6_RUNNER_WORKER"
 ASK_TIMEOUT = 10.0  # a master that does not answer a token question in this time is gone
 
@@ -52,7 +54,7 @@ class _WorkerField(logging.Filter):
 
 
 def serve(config: Config, spec: str) -> int:
-    index, listen_fd, channel_fd, generation = (int(x) for x in spec.split(","))
+    index, workers, listen_fd, channel_fd, shares_fd, generation = (int(x) for x in spec.split(","))
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WorkerField(index))
     events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
@@ -84,7 +86,7 @@ def serve(config: Config, spec: str) -> int:
 
     tokens = SharedTokens(requests, config, rebuild)
     listener = socket.socket(fileno=listen_fd)
-    runner = Runner(config, registry, listener, tokens=tokens)
+    runner = Runner(config, registry, listener, tokens=tokens, shares=Shares(shares_fd, workers, index))
     runner.start(endpoint=False)
     threading.Thread(target=_read, args=(channel, requests, events), name="master", daemon=True).start()
     channel.send({"op": "ready", "pid": os.getpid()})
