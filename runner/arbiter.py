@@ -33,10 +33,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import metrics, sockets, systemd, tuning
+from . import control, metrics, sockets, systemd, tuning
 from .channel import Channel, ChannelClosed, Message, Requests
 from .config import Config
 from .errors import RunnerError
@@ -78,6 +78,7 @@ class Arbiter:
         self.listener: socket.socket | None = None
         self.inode: tuple[int, int] | None = None
         self.reload: dict[int, Message | None] | None = None
+        self.waiting: list[Callable[[str], None]] = []  # `reload` commands waiting for the outcome
         self.reload_deadline = 0.0
         self.live_generations: set[int] = {self.table.generation}
         self.shares_fd = Shares.create(count)
@@ -182,10 +183,15 @@ class Arbiter:
 
     # --- reload -----------------------------------------------------------------
 
-    def start_reload(self) -> None:
+    def start_reload(self, reply: Callable[[str], None] | None = None) -> None:
         if self.reload is not None:
-            log.warning("SIGHUP ignored: a reload is still running")
+            if reply is not None:
+                reply("failed: a reload is already running; ask again when it has finished")
+            else:
+                log.warning("SIGHUP ignored: a reload is still running")
             return
+        if reply is not None:
+            self.waiting.append(reply)
         self.reload = {slot.index: None for slot in self.slots if slot.ready}
         self.reload_deadline = time.monotonic() + RELOAD_TIMEOUT
         systemd.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
@@ -206,14 +212,21 @@ class Arbiter:
         ]
         if failures or timed_out or not self.reload:
             self.broadcast({"op": "reload-abort"})
-            log.error("reload failed, every worker keeps the plugins loaded before: %s", "; ".join(failures))
+            reason = "; ".join(failures) or "no worker answered in time"
+            log.error("reload failed, every worker keeps the plugins loaded before: %s", reason)
+            outcome = f"failed: {reason}"
         else:
             self.table.reloaded()
             self.broadcast({"op": "reload-commit", "generation": self.table.generation})
             names = next(iter(self.reload.values()))["plugins"]  # type: ignore[index]
-            log.info("reloaded %d plugin(s) in %d worker(s): %s", len(names), len(self.reload), ", ".join(names))
+            done = f"reloaded {len(names)} plugin(s) in {len(self.reload)} worker(s): {', '.join(names) or 'none'}"
+            log.info("%s", done)
+            outcome = f"ok: {done}"
         self.reload = None
         systemd.notify("READY=1", self.status())
+        for reply in self.waiting:
+            reply(outcome)
+        self.waiting.clear()
 
     # --- the main loop ------------------------------------------------------------
 
@@ -246,6 +259,7 @@ class Arbiter:
         if watch and spawned:
             gone = lambda: self.events.put(("parent-gone", None, None))  # noqa: E731
             threading.Thread(target=watch_stdin, args=(gone,), name="parent-watch", daemon=True).start()
+        control.serve(lambda reply: self.events.put(("control-reload", None, reply)))
         systemd.notify("READY=1", self.status(), f"MAINPID={os.getpid()}")
         ping = systemd.watchdog_interval()
         last_status = time.monotonic()
@@ -266,6 +280,8 @@ class Arbiter:
                 break
             if event == "reload":
                 self.start_reload()
+            elif event == "control-reload":
+                self.start_reload(value)
             elif event == "message":
                 self.answer(slot, value)
             elif event == "closed":

@@ -16,7 +16,7 @@ import stat
 import sys
 from collections.abc import Sequence
 
-from . import __version__, arbiter, lifecycle, logs, metrics, probe, sockets, tuning, worker
+from . import __version__, arbiter, control, lifecycle, logs, metrics, probe, sockets, tuning, worker
 from .config import SETTINGS, Config, build, flag, workers_count
 from .errors import RunnerError
 from .loader import load_plugins
@@ -36,18 +36,29 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("check", parents=[settings], help="validate settings and plugins, then exit (like nginx -t)")
     health = commands.add_parser("health", parents=[settings], help="probe a running runner with one round trip")
     health.add_argument("--timeout", type=float, default=2.0, help="seconds (default: 2)")
+    health.add_argument("--pid", type=int, help="probe the socket runner PID serves (whatever its settings)")
+    reload = commands.add_parser("reload", help="reload the plugins of runner PID and wait for the outcome")
+    reload.add_argument("--pid", type=int, required=True, help="the runner (systemd: $MAINPID)")
+    reload.add_argument("--timeout", type=float, default=30.0, help="seconds (default: 30)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "reload":
+        status, line = control.reload(args.pid, args.timeout)
+        if status == 0:
+            print(line)
+        else:
+            _problem(line)
+        return status
     try:
         config = build(os.environ, vars(args), args.config)
     except RunnerError as e:
-        print(f"apisix-python-runner: {e}", file=sys.stderr)
+        _problem(f"apisix-python-runner: {e}")
         return 1
     if args.command == "health":
-        return health(config, args.timeout)
+        return health(config, args.timeout, args.pid, explicit=args.socket is not None)
     if args.command == "check":
         logs.configure("warning", config.log_format)  # warnings (allow_insecure_plugins) on stderr, formatted
         return check(config)
@@ -66,6 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os._exit(status)
 
 
+def _problem(line: str, level: int = 3) -> None:
+    """One line on stderr; under systemd with its syslog priority, so ``journalctl -p err`` shows it."""
+    print(f"<{level}>{line}" if logs.stderr_is_journal() else line, file=sys.stderr)
+
+
 def check(config: Config) -> int:
     """Report what ``run`` would use; exit status 1 on the first problem (problems go to stderr)."""
     try:
@@ -73,10 +89,10 @@ def check(config: Config) -> int:
             sockets.check_path(config.socket)
             print(f"socket {config.socket} (mode {config.socket_mode:04o}): ok")
             if config.socket_mode & stat.S_IWOTH and not (config.allowed_uids or config.allowed_gids):
-                print(
+                _problem(
                     f"warning: socket mode {config.socket_mode:04o} lets every local user use APISIX's routes; "
                     "set socket_mode = 0660 with socket_group, or allowed_uids/allowed_gids",
-                    file=sys.stderr,
+                    4,
                 )
         else:
             # Fine under systemd (ExecStartPre gets no LISTEN_FDS; ExecStart will) or
@@ -92,7 +108,7 @@ def check(config: Config) -> int:
             print(f"metrics {config.metrics_host}:{config.metrics_port}: ok")
         registry = load_plugins(config.plugins, config.allow_insecure_plugins)
     except RunnerError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _problem(f"error: {e}")
         return 1
     for name in registry.names():
         print(f"plugin {name}: {registry.file_of(name)}")
@@ -100,15 +116,44 @@ def check(config: Config) -> int:
     return 0
 
 
-def health(config: Config, timeout: float) -> int:
-    """PrepareConf and one HTTPReqCall: proves the socket, the dispatcher and the cache answer."""
-    if config.socket is None:
-        print("unhealthy: no socket configured (--socket or APISIX_LISTEN_ADDRESS)", file=sys.stderr)
+def _socket_of(pid: int) -> str | None:
+    """The socket runner ``pid`` serves: its settings rebuilt as ``run`` resolved them, else
+    the listening socket it holds (one systemd passed it)."""
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="surrogateescape").split("\0")[:-1]
+        raw_env = open(f"/proc/{pid}/environ", "rb").read().decode(errors="surrogateescape").split("\0")
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+    environ = dict(item.split("=", 1) for item in raw_env if "=" in item)
+    if "run" in argv:
+        try:
+            args = _parser().parse_args(argv[argv.index("run") :])
+            config_file = os.path.join(cwd, args.config) if args.config else None
+            socket_path = build(environ, vars(args), config_file).socket
+        except (SystemExit, RunnerError):
+            socket_path = None
+        if socket_path is not None:
+            return socket_path
+    return probe.socket_of(pid)
+
+
+def health(config: Config, timeout: float, pid: int | None = None, explicit: bool = False) -> int:
+    """PrepareConf and one HTTPReqCall: proves the socket, the dispatcher and the cache answer.
+
+    With ``pid``, the socket that runner listens on (unless ``--socket`` names one).
+    """
+    path = config.socket
+    if pid is not None and not explicit:
+        path = _socket_of(pid) or path
+    if path is None:
+        where = f"runner {pid} serves no Unix socket" if pid is not None else "no socket configured"
+        _problem(f"unhealthy: {where} (--socket or APISIX_LISTEN_ADDRESS)")
         return 1
     try:
-        probe.check(config.socket, timeout)
+        probe.check(path, timeout)
     except (probe.Unhealthy, OSError) as e:
-        print(f"unhealthy: {e}", file=sys.stderr)
+        _problem(f"unhealthy: {e}")
         return 1
     print("ok")
     return 0

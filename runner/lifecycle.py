@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import metrics, sockets, systemd, tuning
+from . import control, metrics, sockets, systemd, tuning
 from .cache import ConfCache
 from .config import Config
 from .dispatch import Dispatcher, Prepared, TokenStore, err_frame
@@ -214,11 +214,13 @@ def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> i
         gone = lambda: events.put(("parent-gone", None))  # noqa: E731
         threading.Thread(target=watch_stdin, args=(gone,), name="parent-watch", daemon=True).start()
 
+    control.serve(lambda reply: events.put(("control-reload", reply)))
     systemd.notify("READY=1", runner.status(), f"MAINPID={os.getpid()}")
     watchdog_ping = systemd.watchdog_interval()
     tick = min(1.0, watchdog_ping or 1.0)
     last_status = time.monotonic()
     reloading = False
+    waiting: list[Callable[[str], None]] = []  # `reload` commands waiting for the outcome
     taken_over = False
     while True:
         try:
@@ -229,7 +231,11 @@ def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> i
             systemd.notify("WATCHDOG=1")
         if parent is not None and os.getppid() != parent:
             event = "parent-gone"
-        if event == "reload":
+        if event == "control-reload" and reloading:
+            value("failed: a reload is already running; ask again when it has finished")
+        elif event in ("reload", "control-reload"):
+            if event == "control-reload":
+                waiting.append(value)
             if reloading:
                 log.warning("SIGHUP ignored: a reload is still running")
                 continue
@@ -239,13 +245,17 @@ def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> i
         elif event == "reloaded":
             reloading = False
             if isinstance(value, RunnerError):
-                log.error(
-                    "reload failed, still serving the %d plugin(s) loaded before: %s", len(runner.registry), value
-                )
+                kept = len(runner.registry)
+                log.error("reload failed, still serving the %d plugin(s) loaded before: %s", kept, value)
+                outcome = f"failed: {value}"
             else:
                 runner.reload(value)
-                log.info("reloaded %d plugin(s): %s", len(value), ", ".join(value.names()) or "none")
+                outcome = f"ok: reloaded {len(value)} plugin(s): {', '.join(value.names()) or 'none'}"
+                log.info("%s", outcome.removeprefix("ok: "))
             systemd.notify("READY=1", runner.status())
+            for reply in waiting:
+                reply(outcome)
+            waiting.clear()
         elif event == "stop":
             log.info("stopping on signal")
             break

@@ -8,6 +8,7 @@ the generic ``a6pluginprotos`` readers, not with the runner's own codec.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 
@@ -79,6 +80,26 @@ def _read(sock: socket.socket, size: int) -> bytes:
         chunks.append(chunk)
         size -= len(chunk)
     return b"".join(chunks)
+
+
+def socket_of(pid: int) -> str | None:
+    """The path of the listening Unix socket process ``pid`` holds (as ``/proc`` shows it), or ``None``."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        with open("/proc/net/unix") as table:
+            next(table)
+            for line in table:
+                fields = line.split()
+                # Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 = listening
+                if len(fields) >= 8 and fields[6] in inodes and int(fields[3], 16) & 0x10000 and fields[7][0] != "@":
+                    return fields[7]
+    except OSError:
+        return None
+    return None
 
 
 def check(path: str, timeout: float) -> None:

@@ -432,3 +432,56 @@ def test_json_log_lines_parse_and_carry_call_fields() -> None:
     assert (error["level"], error["request_id"], error["plugin"]) == ("error", 321, "act")
     assert "Traceback" in error["exc"]
     assert any(e["msg"].startswith("serving on") for e in entries)
+
+
+# --- reload and health for service managers --------------------------------------------
+
+
+def test_reload_command_waits_for_the_outcome_and_fails_visibly(short_dir: Path) -> None:
+    plugins = short_dir / "plugins"
+    plugins.mkdir()
+    (plugins / "version.py").write_text(PLUGIN_V.format(version="1"))
+    with RunnerProcess(plugins) as proc, proc.client() as c:
+        assert proc.proc is not None
+        (plugins / "version.py").write_text(PLUGIN_V.format(version="2"))
+        ok = cli("reload", "--pid", str(proc.proc.pid))
+        assert ok.returncode == 0 and "reloaded 1 plugin(s): version" in ok.stdout
+        token = c.prepare_conf([("version", "")])  # right after the command: the new code
+        assert c.http_req_call(token).headers == [("X-Version", "2")]
+        (plugins / "broken.py").write_text("raise SystemExit(1)\n")
+        failed = cli("reload", "--pid", str(proc.proc.pid))
+        assert failed.returncode == 1 and "broken.py" in failed.stderr and "SystemExit" in failed.stderr
+        assert c.http_req_call(token).headers == [("X-Version", "2")]
+
+
+def test_reload_command_without_a_runner_exits_2() -> None:
+    result = cli("reload", "--pid", str(os.getpid()), "--timeout", "1")
+    assert result.returncode == 2 and "no answer from runner" in result.stderr
+
+
+def test_reload_command_works_with_workers(short_dir: Path) -> None:
+    with RunnerProcess(TEST_PLUGINS, args=["--workers", "2"]) as proc:
+        assert proc.proc is not None
+        ok = cli("reload", "--pid", str(proc.proc.pid))
+        assert ok.returncode == 0 and "in 2 worker(s)" in ok.stdout
+
+
+def test_health_follows_the_socket_of_a_runner_pid(short_dir: Path) -> None:
+    path = str(short_dir / "other.sock")
+    with RunnerProcess(TEST_PLUGINS, socket_path=path) as proc:
+        assert proc.proc is not None
+        env = {"APISIX_LISTEN_ADDRESS": "unix:/run/a6/runner.sock"}  # an image's default, not what it serves
+        result = cli("health", "--pid", str(proc.proc.pid), env=env)
+        assert (result.returncode, result.stdout.strip()) == (0, "ok")
+
+
+def test_check_errors_reach_the_journal_at_priority_err(short_dir: Path) -> None:
+    (short_dir / "bad.py").write_text("raise ValueError('broken')\n")
+    err = short_dir / "stderr"
+    with open(err, "wb") as f:
+        st = os.fstat(f.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        argv = [sys.executable, "-m", "runner", "check", "--plugins", str(short_dir)]
+        result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=f, env=env, timeout=30)
+    assert result.returncode == 1 and b"error" not in result.stdout
+    assert err.read_text().startswith("<3>error: ") and "bad.py" in err.read_text()
