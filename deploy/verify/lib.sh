@@ -3,7 +3,7 @@
 #   PASS  what was verified
 #   FAIL  what the deployment files get wrong (the script exits 1)
 #   RUNNER Rn  what fails because the runner lacks requirement Rn of
-#              docs/operations.md's "What the runner must provide" (exit 0 unless STRICT=1)
+#              deploy/verify/README.md (exit 0 unless STRICT=1)
 # shellcheck shell=bash
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
