@@ -23,7 +23,7 @@ from . import frame, messages
 from .cache import ConfCache
 from .errors import CallAbandoned, ConfUnusable, DecodeError, ErrCode, PluginError, RunnerError, TokenNotFound
 from .frame import MessageType
-from .http import ExtraCache, Headers, InfoKind, Request, Response
+from .http import ExtraInfo, InfoKind, Request, Response
 from .metrics import Metrics
 from .plugins import Plugin, PluginRegistry, call_filter, has_filter, has_response_filter
 
@@ -204,13 +204,13 @@ def run_request_phase(
     """Run the request-phase chain; the HTTPReqCall.Resp payload. Plugin failures raise ``PluginError``."""
     if not prepared.request_chain:
         return messages.encode_no_action(call.id)
-    extra = ExtraCache(_asker(exchange, metrics))
-    request = Request.from_apisix(call.id, call.method, call, extra)
-    response = Response(ask=extra)
+    extra = ExtraInfo(_asker(exchange, metrics))
+    request = Request(call.id, call.method, lambda: call.path, lambda: call.src_ip, call.headers, call.args, extra)
+    response = Response(200, (), extra)
     for name, plugin in prepared.request_chain:
         if _run(name, "filter", call, metrics, call_filter, plugin, request, response):
             headers = [(n, v) for n, v in response.headers.items() if n.lower() not in _HOP_BY_HOP]
-            return messages.encode_stop(call.id, response.status_code, headers, response.new_body)
+            return messages.encode_stop(call.id, response.status_code, headers, response.body_for_client)
     return _rewrite(call, request, response)
 
 
@@ -218,12 +218,7 @@ def run_response_phase(
     prepared: Prepared, call: messages.RespCall, exchange: Exchange, metrics: Metrics | None = None
 ) -> bytes:
     """Run the response-phase chain; the HTTPRespCall.Resp payload. Plugin failures raise ``PluginError``."""
-    response = Response(
-        status_code=call.status,
-        headers=Headers._trusted(list(call.headers)),
-        ask=_asker(exchange, metrics),
-        upstream=True,
-    )
+    response = Response(call.status, lambda: call.headers, ExtraInfo(_asker(exchange, metrics)), upstream=True)
     for name, plugin in prepared.response_chain:
         _run(name, "response_filter", call, metrics, plugin.response_filter, response)
     # Always the full header list: an empty one makes APISIX copy the
@@ -233,9 +228,9 @@ def run_response_phase(
     ]
     # Headers the plugins removed also get a deletion entry, so that removing
     # the last one cannot turn into "copy every upstream header".
-    headers += [(n, None) for n, values in response.headers.changes(call.headers) if values is None]
+    headers += [(n, None) for n, values in response.headers.changes() if values is None]
     status = response.status_code if response.status_code != call.status else 0
-    return messages.encode_resp_call_resp(call.id, status, headers, response.new_body)
+    return messages.encode_resp_call_resp(call.id, status, headers, response.body_for_client)
 
 
 def _ignored_by_apisix(name: str) -> bool:
@@ -276,7 +271,7 @@ def _rewrite(call: messages.ReqCall, request: Request, response: Response) -> by
     resp_headers = (
         [(n, v) for n, v in response.headers.items() if not _ignored_by_apisix(n)] if response.headers else []
     )
-    body = request.new_body
+    body = request.body_for_upstream
     if path is None and not headers and not args and not resp_headers and not body:
         return messages.encode_no_action(call.id)
     return messages.encode_rewrite(
