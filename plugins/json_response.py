@@ -16,7 +16,9 @@ class JsonResponse(Plugin):
         config = config or {}
         add = config.get("add", {})
         header = config.get("header", ["X-Transformed", "json_response"])
-        if not isinstance(add, dict) or not (isinstance(header, list) and len(header) == 2):
+        if not isinstance(add, dict) or not (
+            isinstance(header, list) and len(header) == 2 and all(isinstance(x, str) for x in header)
+        ):
             raise ValueError('conf must be {"add": {...}, "header": [name, value]}')
         return {"add": add, "header": tuple(header)}
 

@@ -14,7 +14,8 @@ Plugin authors need only this package's top level::
 """
 
 from .errors import RunnerError
-from .http import Args, Headers, Request, Response
+from .headers import Args, Headers
+from .http import Request, Response
 from .plugins import Base, Plugin
 
 __version__ = "0.1.0"

@@ -33,7 +33,7 @@ from .errors import (
     TokenNotFound,
 )
 from .frame import MessageType
-from .http import ExtraCache, Headers, InfoKind, Request, Response
+from .http import ExtraInfo, InfoKind, Request, Response
 from .logs import Throttle
 from .metrics import Metrics
 from .plugins import Plugin, PluginRegistry, call_filter, call_response_filter, has_filter, has_response_filter
@@ -283,13 +283,13 @@ def run_request_phase(
     """Run the request-phase chain; the HTTPReqCall.Resp payload. Plugin failures raise ``PluginError``."""
     if not prepared.request_chain:
         return messages.encode_no_action(req.id)
-    extra = ExtraCache(_asker(call, metrics))
-    request = Request.from_apisix(req.id, req.method, req, extra)
-    response = Response(ask=extra)
+    extra = ExtraInfo(_asker(call, metrics))
+    request = Request(req.id, req.method, lambda: req.path, lambda: req.src_ip, req.headers, req.args, extra)
+    response = Response(200, (), extra)
     for name, plugin in prepared.request_chain:
         if _run(name, "filter", req, call, metrics, stuck, call_filter, plugin, request, response):
             headers = [(n, v) for n, v in response.headers.items() if n.lower() not in _HOP_BY_HOP]
-            return messages.encode_stop(req.id, response.status_code, headers, response.new_body)
+            return messages.encode_stop(req.id, response.status_code, headers, response.body_for_client)
     return _rewrite(req, request, response)
 
 
@@ -301,12 +301,7 @@ def run_response_phase(
     stuck: StuckCalls | None = None,
 ) -> bytes:
     """Run the response-phase chain; the HTTPRespCall.Resp payload. Plugin failures raise ``PluginError``."""
-    response = Response(
-        status_code=resp.status,
-        headers=Headers._trusted(list(resp.headers)),
-        ask=_asker(call, metrics),
-        upstream=True,
-    )
+    response = Response(resp.status, lambda: resp.headers, ExtraInfo(_asker(call, metrics)), upstream=True)
     for name, plugin in prepared.response_chain:
         _run(name, "response_filter", resp, call, metrics, stuck, call_response_filter, plugin, response)
     # Always the full header list: an empty one makes APISIX copy the
@@ -316,9 +311,9 @@ def run_response_phase(
     ]
     # Headers the plugins removed also get a deletion entry, so that removing
     # the last one cannot turn into "copy every upstream header".
-    headers += [(n, None) for n, values in response.headers.changes(resp.headers) if values is None]
+    headers += [(n, None) for n, values in response.headers.changes() if values is None]
     status = response.status_code if response.status_code != resp.status else 0
-    return messages.encode_resp_call_resp(resp.id, status, headers, response.new_body)
+    return messages.encode_resp_call_resp(resp.id, status, headers, response.body_for_client)
 
 
 def _ignored_by_apisix(name: str) -> bool:
@@ -359,7 +354,7 @@ def _rewrite(req: messages.ReqCall, request: Request, response: Response) -> byt
     resp_headers = (
         [(n, v) for n, v in response.headers.items() if not _ignored_by_apisix(n)] if response.headers else []
     )
-    body = request.new_body
+    body = request.body_for_upstream
     if path is None and not headers and not args and not resp_headers and not body:
         return messages.encode_no_action(req.id)
     return messages.encode_rewrite(

@@ -27,7 +27,7 @@ def _bench(tmp_path: Path, *args: str) -> dict:
 
 
 def test_every_scenario_is_answered_correctly_by_the_runner_and_the_reference(tmp_path: Path) -> None:
-    points = _bench(tmp_path, "--conns", "4", "--idle-conns", "0", "--busy-poll")["points"]
+    points = _bench(tmp_path, "--conns", "4", "--idle-conns", "0", "--burst-conns", "0", "--busy-poll")["points"]
     served = {(p["server"], p["scenario"]) for p in points}
     assert served == {(s, c) for s in ("runner", "reference") for c in ("stop", "rewrite", "var", "body", "resp")}
     for p in points:
@@ -35,9 +35,17 @@ def test_every_scenario_is_answered_correctly_by_the_runner_and_the_reference(tm
 
 
 def test_idle_connections_are_all_answered(tmp_path: Path) -> None:
-    result = _bench(tmp_path, "--scenarios", "stop", "--servers", "runner", "--conns", "1", "--idle-conns", "200")
+    args = ("--scenarios", "stop", "--servers", "runner", "--conns", "1", "--idle-conns", "200", "--burst-conns", "0")
+    result = _bench(tmp_path, *args)
     idle = [p for p in result["points"] if p["conns"] == 200]
     assert idle and idle[0]["calls"] == 200 and idle[0]["errors"] == 0, idle
+    assert idle[0]["server_idle_threads"] < 200  # idle connections hold no thread
+
+
+def test_a_burst_of_fresh_connections_is_all_answered(tmp_path: Path) -> None:
+    args = ("--scenarios", "stop", "--servers", "runner", "--conns", "1", "--idle-conns", "0", "--burst-conns", "300")
+    burst = [p for p in _bench(tmp_path, *args)["points"] if p["mode"] == "burst"]
+    assert burst and burst[0]["calls"] == 300 and burst[0]["errors"] == 0, burst
 
 
 def test_the_load_generator_counts_replies_that_do_not_match_the_scenario(tmp_path: Path) -> None:

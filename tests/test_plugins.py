@@ -310,7 +310,7 @@ def test_seed_style_plugin_with_its_own_init_loads_and_stops(tmp_path: Path) -> 
     request, response = Request(headers=[("host", "h")]), Response()
     assert call_filter(plugin, request, response) is True
     assert response.status_code == 201
-    assert response.new_body == b"Hello, Python Runner of APISIX"
+    assert response.body_for_client == b"Hello, Python Runner of APISIX"
     assert response.headers.get("x-resp-a6-runner") == "Python"
 
 
