@@ -192,6 +192,9 @@ def load_plugins(directory: str | Path) -> PluginRegistry:
 
 
 def _load_into(registry: PluginRegistry, root: Path, prefix: str) -> None:
+    from . import compat  # (here: runner.compat builds on this module)
+
+    compat.install()  # plugin files may import the official runner's paths (apisix.runner...)
     for path in sorted(root.glob("*.py")):
         if path.name.startswith("_"):
             continue
@@ -208,3 +211,5 @@ def _load_into(registry: PluginRegistry, root: Path, prefix: str) -> None:
         for obj in vars(module).values():
             if isinstance(obj, type) and issubclass(obj, Plugin) and obj.__module__ == module_name:
                 registry.register(obj, str(path))
+        for cls in compat.plugins_in(module, str(path)):  # plugins written for the official runner
+            registry.register(cls, str(path))
