@@ -211,7 +211,7 @@ class Dispatcher:
             if cls is None or name is None:
                 return _unusable(f"unknown plugin {given!r} (loaded: {', '.join(registry.names()) or 'none'})")
             try:
-                config = json.loads(value) if value.strip() else None
+                config = value if cls.raw_config else json.loads(value) if value.strip() else None
             except (ValueError, RecursionError) as e:
                 return _unusable(f"conf of plugin {name!r} is not JSON: {type(e).__name__}: {e}")
             try:

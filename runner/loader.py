@@ -129,6 +129,9 @@ def load_plugins(directory: str | Path, allow_insecure: bool = False) -> PluginR
             raise PluginLoadError(str(root), problems[0] + " (or set allow_insecure_plugins = yes)")
         for problem in problems:
             log.warning("loading plugins anyway (allow_insecure_plugins): %s", problem)
+    from . import compat  # (here: runner.compat builds on the plugin API)
+
+    compat.install()  # plugin files may import the official runner's paths (apisix.runner...)
     package = f"_a6_plugins{next(_generations)}"
     snapshot = _Snapshot(package, root)
     module = types.ModuleType(package)
@@ -155,6 +158,10 @@ def _load_module(registry: PluginRegistry, name: str, path: Path) -> None:
     for obj in vars(module).values():
         if isinstance(obj, type) and issubclass(obj, Plugin) and obj.__module__ == name:
             registry.register(obj, str(path))
+    from . import compat
+
+    for cls in compat.plugins_in(module, str(path)):  # plugins written for the official runner
+        registry.register(cls, str(path))
 
 
 def _unload(package: str) -> None:

@@ -39,6 +39,9 @@ class Plugin:
 
     name: str = ""
     config: Any = None
+    #: True: ``self.config`` and ``configure`` get the conf value as the string
+    #: APISIX sent, not parsed as JSON (the official runner's 0.2.0 plugins did).
+    raw_config: bool = False
 
     def __init__(self, name: str | None = None) -> None:
         # The seed's form, ``super().__init__(self.__class__.__name__)``, lands here.

@@ -1,0 +1,298 @@
+"""The official runner's 0.2.0 plugin API (``PluginBase``), run as a runner ``Plugin``.
+
+A 0.2.0 plugin is a ``PluginBase`` subclass with ``name()``, ``config(conf)``
+and ``filter(conf, request, response)``. ``Plugin020`` (subclassed once per
+legacy class by ``discover``) runs it with these rules:
+
+* Each call makes a new legacy instance, calls ``config()`` with the route
+  conf value exactly as APISIX sent it (a string, not parsed), then
+  ``filter()`` with what ``config()`` returned, as the official runner did.
+* ``Request020`` reads the call's runner request. Its setters return ``True``
+  or ``False`` and refuse empty values, as in the official runner. The
+  headers, args and path the plugin changed are set on the runner request
+  after ``filter()`` returns, only where they differ, so untouched repeated
+  headers stay intact. ``set_method``, ``set_body``, ``set_var``,
+  ``set_remote_addr``, ``set_id`` and ``set_conf_token`` stay local to the
+  plugin's request object (the official runner never sent them either).
+* ``get_var()`` and ``get_body()`` ask APISIX through the runner (once per
+  call and name, cached even when empty) and decode the answer one character
+  per byte (Latin-1), as the official runner did.
+* ``Response020`` starts empty. If the plugin set a body, a header or a status
+  (``changed()``), the call stops with them (status 200 if unset) and the
+  chain ends. Request changes do not matter then.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from runner import Plugin
+from runner import Request as RunnerRequest
+from runner import Response as RunnerResponse
+
+from .common import Request, Response, apply_sets, collapsed, exploded, latin1
+
+__all__ = ["Plugin020", "PluginBase", "Request020", "Response020"]
+
+# What the official set_method accepted (case-insensitively, stored as given).
+_SETTABLE_METHODS = frozenset(("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"))
+
+
+class PluginBase:
+    """``apisix.runner.plugin.core.PluginBase``: subclass it and define ``name``, ``config``, ``filter``."""
+
+    def name(self) -> str | None:
+        """The name route confs use. Called once, on the class (``cls.name(cls)``), when the file loads."""
+        return None
+
+    def config(self, conf: Any) -> Any:
+        """Turn the route conf value (a string) into what ``filter`` gets as ``conf``."""
+        return None
+
+    def filter(self, conf: Any, req: Request020, reps: Response020) -> None:
+        """Read and change ``req``; set something on ``reps`` to answer the client instead."""
+
+
+class Request020(Request):
+    """A 0.2.0 ``request``: ``get_*``/``set_*`` methods over the call's runner request."""
+
+    def __init__(self, request: RunnerRequest) -> None:
+        self._source = request
+        self._headers: Any = None  # a dict once read (or what set_headers stored)
+        self._args: Any = None
+        self._uri: str | None = None
+        self._method: str | None = None
+        self._remote_addr: str | None = None
+        self._id = request.id
+        self._conf_token = 0  # not in the runner's plugin API, and of no use to a plugin
+        self._vars: dict[str, Any] = {}
+        self._body: Any = None
+        self._configs: dict[str, Any] = {}  # the official runner filled it only at PrepareConf
+
+    # headers and args: live dicts, last value per name
+
+    def get_header(self, key: str) -> Any:
+        return self.get_headers().get(key)
+
+    def set_header(self, key: str, value: Any) -> bool:
+        if not (key and value):
+            return False
+        self.get_headers()[key] = value
+        return True
+
+    def get_headers(self) -> Any:
+        if self._headers is None:
+            self._headers = collapsed(self._source.headers)
+        return self._headers
+
+    def set_headers(self, headers: Any) -> bool:
+        if not headers:
+            return False
+        self._headers = headers
+        return True
+
+    def get_arg(self, key: str) -> Any:
+        return self.get_args().get(key)
+
+    def set_arg(self, key: str, value: Any) -> bool:
+        if not (key and value):
+            return False
+        self.get_args()[key] = value
+        return True
+
+    def get_args(self) -> Any:
+        if self._args is None:
+            self._args = collapsed(self._source.args)
+        return self._args
+
+    def set_args(self, args: Any) -> bool:
+        if not args:
+            return False
+        self._args = args
+        return True
+
+    def get_uri(self) -> str:
+        return self._source.path if self._uri is None else self._uri
+
+    def set_uri(self, uri: Any) -> bool:
+        if not (isinstance(uri, str) and uri.startswith("/")):
+            return False
+        self._uri = uri
+        return True
+
+    # ExtraInfo: asked through the runner, Latin-1 text
+
+    def get_var(self, key: str) -> Any:
+        cached = self._vars.get(key)
+        if cached:
+            return cached
+        value = self._source.var(key)
+        return "" if value is None else latin1(value)
+
+    def set_var(self, key: str, value: Any) -> bool:
+        if not (key and value):
+            return False
+        self._vars[key] = value
+        return True
+
+    def get_body(self) -> Any:
+        return self._body if self._body else latin1(self._source.body)
+
+    def set_body(self, body: Any) -> bool:
+        if not body:
+            return False
+        self._body = body
+        return True
+
+    # local values
+
+    def get_method(self) -> str:
+        return self._source.method if self._method is None else self._method
+
+    def set_method(self, method: Any) -> bool:
+        if not (isinstance(method, str) and method.upper() in _SETTABLE_METHODS):
+            return False
+        self._method = method
+        return True
+
+    def get_remote_addr(self) -> str:
+        return exploded(self._source.src_ip) if self._remote_addr is None else self._remote_addr
+
+    def set_remote_addr(self, addr: Any) -> bool:
+        if not addr:
+            return False
+        self._remote_addr = addr
+        return True
+
+    def get_id(self) -> int:
+        return self._id
+
+    def set_id(self, id: Any) -> bool:
+        if not id:
+            return False
+        self._id = id
+        return True
+
+    def get_conf_token(self) -> int:
+        return self._conf_token
+
+    def set_conf_token(self, token: Any) -> bool:
+        if not token:
+            return False
+        self._conf_token = token
+        return True
+
+    def get_config(self, key: str) -> Any:
+        return self._configs.get(key)
+
+    def set_config(self, key: str, value: Any) -> bool:
+        if not (key and value):
+            return False
+        self._configs[key] = value
+        return True
+
+    def get_configs(self) -> dict[str, Any]:
+        return self._configs
+
+    def set_configs(self, configs: Any) -> bool:
+        if not configs:
+            return False
+        self._configs = configs
+        return True
+
+    def apply(self) -> None:
+        """Set what the plugin changed (path, headers, args) on the runner request."""
+        request = self._source
+        if self._uri is not None and self._uri != request.path:
+            request.path = self._uri
+        if self._headers is not None:
+            apply_sets(request.headers, self._headers, "the request headers")
+        if self._args is not None:
+            apply_sets(request.args, self._args, "the request args")
+
+
+class Response020(Response):
+    """A 0.2.0 ``response``: setting anything on it answers the client instead of proxying."""
+
+    def __init__(self, request_id: int) -> None:
+        self._headers: Any = {}
+        self._body: Any = ""
+        self._status = 0
+        self._req_id = request_id
+
+    def get_header(self, key: str) -> Any:
+        return self._headers.get(key)
+
+    def set_header(self, key: str, value: Any) -> bool:
+        if not (key and value):
+            return False
+        self._headers[key] = value
+        return True
+
+    def get_headers(self) -> Any:
+        return self._headers
+
+    def set_headers(self, headers: Any) -> bool:
+        if not headers:
+            return False
+        self._headers = headers
+        return True
+
+    def get_body(self) -> Any:
+        return self._body
+
+    def set_body(self, body: Any) -> bool:
+        if not body:
+            return False
+        self._body = body
+        return True
+
+    def get_status_code(self) -> int:
+        return self._status or 200
+
+    def set_status_code(self, code: Any) -> bool:
+        if not (isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599):
+            return False
+        self._status = code
+        return True
+
+    def get_req_id(self) -> int:
+        return self._req_id
+
+    def set_req_id(self, id: Any) -> bool:
+        if not id:
+            return False
+        self._req_id = id
+        return True
+
+    def changed(self) -> bool:
+        """Whether the call stops: a body, a header or a status was set."""
+        return bool(self._body or self._headers or self._status)
+
+    def apply(self, response: RunnerResponse) -> None:
+        """Fill the runner response with the stop the plugin asked for."""
+        body = self._body
+        if not isinstance(body, str | bytes):
+            raise TypeError(f"the response body must be str or bytes, not {type(body).__name__}")
+        response.status_code = self._status or 200
+        apply_sets(response.headers, self._headers, "the response headers")
+        if body:
+            response.body = body
+
+
+class Plugin020(Plugin):
+    """Runs the 0.2.0 plugin class ``legacy_class`` as a runner plugin."""
+
+    legacy_class: ClassVar[type[PluginBase]] = PluginBase
+    raw_config = True
+
+    def filter(self, request: RunnerRequest, response: RunnerResponse) -> None:
+        legacy = self.legacy_class()
+        conf = legacy.config(self.config)
+        legacy_request, legacy_response = Request020(request), Response020(request.id)
+        legacy.filter(conf, legacy_request, legacy_response)
+        if legacy_response.changed():
+            legacy_response.apply(response)
+            self.stop()
+        else:
+            legacy_request.apply()
