@@ -19,23 +19,23 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from . import frame, messages
+from . import decode, encode, frame
 from .cache import ConfCache
-from .errors import CallAbandoned, ConfUnusable, DecodeError, ErrCode, PluginError, RunnerError, TokenNotFound
-from .frame import MessageType
-from .http import ExtraCache, Headers, InfoKind, Request, Response
+from .errors import CallAbandoned, ConfUnusable, DecodeError, PluginError, RunnerError, TokenNotFound
+from .http import ExtraCache, Headers, Request, Response
 from .metrics import Metrics
 from .plugins import Plugin, PluginRegistry, call_filter, has_filter, has_response_filter
+from .protocol import ErrCode, InfoKind, MessageType
 
 log = logging.getLogger(__name__)
 
 #: Sends an ExtraInfo.Req payload on the call's connection and returns the ExtraInfo.Resp payload.
-Exchange = Callable[[bytes], messages.Buffer]
+Exchange = Callable[[bytes], decode.Buffer]
 
 _PREPARE_CONF, _REQ_CALL, _RESP_CALL = (
     int(t) for t in (MessageType.PREPARE_CONF, MessageType.HTTP_REQ_CALL, MessageType.HTTP_RESP_CALL)
 )
-_ERR_FRAMES = {code: frame.encode(MessageType.ERROR, messages.encode_err(code)) for code in ErrCode}
+_ERR_FRAMES = {code: frame.encode(MessageType.ERROR, encode.err(code)) for code in ErrCode}
 # Metric labels; anything else a peer sends counts as "other".
 _TYPE_NAMES = {
     t.value: t.name.lower() for t in (MessageType.PREPARE_CONF, MessageType.HTTP_REQ_CALL, MessageType.HTTP_RESP_CALL)
@@ -83,17 +83,17 @@ class Dispatcher:
         self.cache.forget_keys()
         old.unload()
 
-    def handle(self, type_: int, payload: messages.Buffer, exchange: Exchange) -> bytes:
+    def handle(self, type_: int, payload: decode.Buffer, exchange: Exchange) -> bytes:
         """The reply frame for one request frame. Raises only ``CallAbandoned``."""
         outcome = "ok"
         try:
             if type_ == _REQ_CALL:  # (plain ints: an enum member costs a lookup, per call)
-                req = messages.parse_req_call(payload)
+                req = decode.req_call(payload)
                 return frame.encode(_REQ_CALL, run_request_phase(self._lookup(req), req, exchange, self.metrics))
             if type_ == _PREPARE_CONF:
                 return frame.encode(_PREPARE_CONF, self._prepare_conf(payload))
             if type_ == _RESP_CALL:
-                resp = messages.parse_resp_call(payload)
+                resp = decode.resp_call(payload)
                 return frame.encode(_RESP_CALL, run_response_phase(self._lookup(resp), resp, exchange, self.metrics))
             raise DecodeError(f"unexpected message type {type_}")
         except CallAbandoned:
@@ -120,8 +120,8 @@ class Dispatcher:
 
     # --- PrepareConf -------------------------------------------------------
 
-    def _prepare_conf(self, payload: messages.Buffer) -> bytes:
-        req = messages.parse_prepare_conf(payload)
+    def _prepare_conf(self, payload: decode.Buffer) -> bytes:
+        req = decode.prepare_conf(payload)
         token = self.cache.find(req.key, req.conf)
         if token is None:
             registry = self.registry
@@ -134,7 +134,7 @@ class Dispatcher:
                 # Still a token: a refused PrepareConf would make APISIX retry
                 # under its global lock; the calls on this token fail instead.
                 log.error("conf token %d (key %r) fails every call with 503: %s", token, req.key, prepared.error)
-        return messages.encode_prepare_conf_resp(token)
+        return encode.prepare_conf(token)
 
     def prepare(self, conf: list[tuple[str, str]]) -> Prepared:
         """Instantiate and configure the plugins of one route conf, in order. Never raises."""
@@ -163,7 +163,7 @@ class Dispatcher:
             tuple(p for p in chain if has_response_filter(p[1])),
         )
 
-    def _lookup(self, call: messages.ReqCall | messages.RespCall) -> Prepared:
+    def _lookup(self, call: decode.ReqCall | decode.RespCall) -> Prepared:
         prepared = self.cache.get(call.conf_token)
         if prepared.error:
             raise ConfUnusable(f"conf token {call.conf_token} is unusable: {prepared.error}")
@@ -173,7 +173,7 @@ class Dispatcher:
 def _run(
     name: str,
     what: str,
-    call: messages.ReqCall | messages.RespCall,
+    call: decode.ReqCall | decode.RespCall,
     metrics: Metrics | None,
     fn: Callable[..., object],
     *args: object,
@@ -199,23 +199,23 @@ def _run(
 
 
 def run_request_phase(
-    prepared: Prepared, call: messages.ReqCall, exchange: Exchange, metrics: Metrics | None = None
+    prepared: Prepared, call: decode.ReqCall, exchange: Exchange, metrics: Metrics | None = None
 ) -> bytes:
     """Run the request-phase chain; the HTTPReqCall.Resp payload. Plugin failures raise ``PluginError``."""
     if not prepared.request_chain:
-        return messages.encode_no_action(call.id)
+        return encode.no_action(call.id)
     extra = ExtraCache(_asker(exchange, metrics))
     request = Request.from_apisix(call.id, call.method, call, extra)
     response = Response(ask=extra)
     for name, plugin in prepared.request_chain:
         if _run(name, "filter", call, metrics, call_filter, plugin, request, response):
             headers = [(n, v) for n, v in response.headers.items() if n.lower() not in _HOP_BY_HOP]
-            return messages.encode_stop(call.id, response.status_code, headers, response.new_body)
+            return encode.stop(call.id, response.status_code, headers, response.new_body)
     return _rewrite(call, request, response)
 
 
 def run_response_phase(
-    prepared: Prepared, call: messages.RespCall, exchange: Exchange, metrics: Metrics | None = None
+    prepared: Prepared, call: decode.RespCall, exchange: Exchange, metrics: Metrics | None = None
 ) -> bytes:
     """Run the response-phase chain; the HTTPRespCall.Resp payload. Plugin failures raise ``PluginError``."""
     response = Response(
@@ -235,7 +235,7 @@ def run_response_phase(
     # the last one cannot turn into "copy every upstream header".
     headers += [(n, None) for n, values in response.headers.changes(call.headers) if values is None]
     status = response.status_code if response.status_code != call.status else 0
-    return messages.encode_resp_call_resp(call.id, status, headers, response.new_body)
+    return encode.resp_call(call.id, status, headers, response.new_body)
 
 
 def _ignored_by_apisix(name: str) -> bool:
@@ -255,12 +255,12 @@ def _asker(exchange: Exchange, metrics: Metrics | None) -> Callable[[InfoKind, s
     def ask(kind: InfoKind, name: str) -> bytes | None:
         if metrics is not None:
             metrics.extra_info(kind.name.lower())
-        return messages.parse_extra_info_resp(exchange(messages.encode_extra_info_req(kind, name)))
+        return decode.extra_info(exchange(encode.extra_info(kind, name)))
 
     return ask
 
 
-def _rewrite(call: messages.ReqCall, request: Request, response: Response) -> bytes:
+def _rewrite(call: decode.ReqCall, request: Request, response: Response) -> bytes:
     """Only what the plugins changed, so untouched (and repeated) headers stay as they were."""
     path, header_changes, arg_changes = request.changes()
     # APISIX *sets* each request header entry (last one wins), so several
@@ -278,10 +278,8 @@ def _rewrite(call: messages.ReqCall, request: Request, response: Response) -> by
     )
     body = request.new_body
     if path is None and not headers and not args and not resp_headers and not body:
-        return messages.encode_no_action(call.id)
-    return messages.encode_rewrite(
-        call.id, path=path, headers=headers, args=args, resp_headers=resp_headers, body=body or None
-    )
+        return encode.no_action(call.id)
+    return encode.rewrite(call.id, path=path, headers=headers, args=args, resp_headers=resp_headers, body=body or None)
 
 
 def _joined(name: str, values: list[str]) -> str:

@@ -21,7 +21,6 @@ Rules:
 
 from __future__ import annotations
 
-import enum
 import struct
 from typing import NamedTuple
 
@@ -31,16 +30,6 @@ HEADER_LEN = 4
 MAX_PAYLOAD = 0xFFFFFF
 
 _HEADER = struct.Struct(">I")
-
-
-class MessageType(enum.IntEnum):
-    """RPC types (APISIX ``constants.lua``)."""
-
-    ERROR = 0
-    PREPARE_CONF = 1
-    HTTP_REQ_CALL = 2
-    EXTRA_INFO = 3
-    HTTP_RESP_CALL = 4
 
 
 class Frame(NamedTuple):

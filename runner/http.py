@@ -21,22 +21,15 @@ Rules:
 from __future__ import annotations
 
 import builtins
-import enum
 import ipaddress
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol, Self, Union
 
+from .protocol import InfoKind
+
 __all__ = ["Args", "Ask", "Headers", "InfoKind", "MultiDict", "Request", "Response"]
-
-
-class InfoKind(enum.IntEnum):
-    """What an ExtraInfo question asks for (the ``A6.ExtraInfo.Info`` union tag)."""
-
-    VAR = 1
-    REQ_BODY = 2
-    RESP_BODY = 3
 
 
 #: ``ask(kind, var_name)`` returns APISIX's answer, ``None`` when it sent no result.

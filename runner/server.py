@@ -35,7 +35,8 @@ import threading
 
 from .dispatch import Dispatcher
 from .errors import CallAbandoned, ConfigError, FrameError
-from .frame import HEADER_LEN, Frame, FrameDecoder, MessageType, encode
+from .frame import HEADER_LEN, Frame, FrameDecoder, encode
+from .protocol import MessageType
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ import pytest
 from conftest import TEST_PLUGINS, act, run_in_threads
 
 from runner.errors import ErrCode
-from runner.frame import MAX_PAYLOAD, MessageType
+from runner.frame import MAX_PAYLOAD
+from runner.protocol import MessageType
 from runner.testing import (
     ApisixClient,
     RunnerProcess,
