@@ -280,30 +280,30 @@ class ReqCall:
         self.conf_token = table.u32(HTTPReqCallReq.CONF_TOKEN)
         self.method = METHODS[method] if method < len(METHODS) else f"METHOD_{method}"
         self._table = table
-        self._budget = _budget(payload)
-        self._spent: dict[int, int] = {}  # slot -> budget its decoding cost
+        self._budget = BUDGET_PER_BYTE * len(payload)
+        self._spent: dict[int, int] = {}  # slot -> what decoding it cost
 
     @property
     def path(self) -> str:
-        return self._part(HTTPReqCallReq.PATH, "path", _Table.text) or "/"
+        return self._part(HTTPReqCallReq.PATH, "HTTPReqCall.Req path", _Table.text) or "/"
 
     @property
     def src_ip(self) -> bytes:
-        return self._part(HTTPReqCallReq.SRC_IP, "src_ip", _Table.byte_vector) or b""
+        return self._part(HTTPReqCallReq.SRC_IP, "HTTPReqCall.Req src_ip", _Table.byte_vector) or b""
 
     def args(self) -> list[tuple[str, str]]:
-        return self._part(HTTPReqCallReq.ARGS, "args", _Table.entries)
+        return self._part(HTTPReqCallReq.ARGS, "HTTPReqCall.Req args", _Table.entries)
 
     def headers(self) -> list[tuple[str, str]]:
-        return self._part(HTTPReqCallReq.HEADERS, "headers", _Table.entries)
+        return self._part(HTTPReqCallReq.HEADERS, "HTTPReqCall.Req headers", _Table.entries)
 
     def _part(self, slot: int, what: str, read: Callable[[_Table, int, int, str], tuple[T, int]]) -> T:
         spent = self._spent
         left = self._budget - sum(spent.values()) + spent.get(slot, 0)
         try:
-            value, spent[slot] = read(self._table, slot, left, f"HTTPReqCall.Req {what}")
+            value, spent[slot] = read(self._table, slot, left, what)
         except struct.error as e:
-            raise DecodeError(f"HTTPReqCall.Req {what}: {e}") from None
+            raise DecodeError(f"{what}: {e}") from None
         return value
 
 
