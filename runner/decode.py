@@ -16,8 +16,8 @@ Rules:
   args and headers only when first used, because most plugins read few of them.
 * Pure: no I/O.
 
-The decode budget
------------------
+The decode budget (docs/protocol.md §4)
+---------------------------------------
 FlatBuffers lets any number of vector cells point at one table and any number
 of tables at one string: a 16 MiB payload can list four million headers that
 are all one 12-byte entry, and decoding them would build gigabytes. So each
