@@ -84,14 +84,11 @@ _u16 = struct.Struct("<H").unpack_from
 _u32 = struct.Struct("<I").unpack_from
 _i32 = struct.Struct("<i").unpack_from
 
-# Field offsets read from a vtable, as many as the schema's largest table has
-# slots (7) or more; the slots a vtable lacks read as absent (0).
+# A vtable's field offsets, read in one unpack: up to 8 (the schema's largest
+# table has 7 slots); the slots a vtable lacks read as absent (0).
 _MAX_SLOTS = 8
 _slot_readers = [struct.Struct(f"<{n}H").unpack_from for n in range(_MAX_SLOTS + 1)]
 _ABSENT = (0,) * _MAX_SLOTS
-
-_NAME = TextEntry.NAME
-_VALUE = TextEntry.VALUE
 
 
 def _vtable(buf: Buffer, vt: int) -> tuple[int, ...]:
@@ -133,29 +130,27 @@ class _Table:
         # A table outside the buffer fails this read with a struct.error.
         self._slots = _vtable(buf, pos - _i32(buf, pos)[0])
 
-    def _at(self, slot: int) -> int:
-        """Where field ``slot`` is, or 0 if absent."""
-        offset = self._slots[slot]
-        return self._pos + offset if offset else 0
+    # A field is at ``_pos`` + its offset; offset 0 means absent.
 
     def u8(self, slot: int) -> int:
-        at = self._at(slot)
-        return _u8(self._buf, at)[0] if at else 0
+        offset = self._slots[slot]
+        return _u8(self._buf, self._pos + offset)[0] if offset else 0
 
     def u16(self, slot: int) -> int:
-        at = self._at(slot)
-        return _u16(self._buf, at)[0] if at else 0
+        offset = self._slots[slot]
+        return _u16(self._buf, self._pos + offset)[0] if offset else 0
 
     def u32(self, slot: int) -> int:
-        at = self._at(slot)
-        return _u32(self._buf, at)[0] if at else 0
+        offset = self._slots[slot]
+        return _u32(self._buf, self._pos + offset)[0] if offset else 0
 
     def _vector(self, slot: int, item_size: int) -> tuple[int, int] | None:
         """``(start, count)`` of the vector or string in field ``slot``, or ``None`` if absent."""
-        at = self._at(slot)
-        if not at:
+        offset = self._slots[slot]
+        if not offset:
             return None
         buf = self._buf
+        at = self._pos + offset
         start = at + _u32(buf, at)[0]
         count: int = _u32(buf, start)[0]
         start += 4
@@ -210,9 +205,10 @@ class _Table:
             if at != vt:  # entries usually share one vtable: read it once
                 vt = at
                 slots = _vtable(buf, vt)
-                name_at, value_at = slots[_NAME], slots[_VALUE]
-            # The strings are read as in ``_vector``, inline: this loop runs for
-            # every header a plugin reads, and a call per string cost 15 % of it.
+                name_at, value_at = slots[TextEntry.NAME], slots[TextEntry.VALUE]
+            # The strings are read as ``_vector`` reads them, inline: this loop runs
+            # for every header decoded, and a call per string made the benchmark's
+            # ``resp`` scenario 3-5 % slower (bench/inproc.py).
             name = value = ""
             if name_at:
                 s = table + name_at
@@ -264,7 +260,7 @@ class RespCall(NamedTuple):
 
 
 class ReqCall:
-    """``A6.HTTPReqCall.Req``: id, token and method read at once, the rest when first used.
+    """``A6.HTTPReqCall.Req`` (from ``req_call``): id, token and method read at once, the rest when first used.
 
     Thread-safe: two threads reading one part at once each decode it, and it
     is charged once. (Two threads reading two different parts at once may each

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate, compress
 from operator import sub
 
-from . import caches
+from .caches import ENTRIES, ENTRY_MAX, LAYOUTS, QUESTION_MAX, QUESTIONS, STOP_MAX, STOPS
 from .protocol import (
     Action,
     Err,
@@ -108,12 +108,12 @@ def _entry_vector(pairs: Entries) -> bytes:
     cells: list[int] = []
     blobs: list[bytes] = [b""]
     at = 4 + 4 * count  # where the next entry goes
-    get, put = caches.ENTRIES.get, caches.ENTRIES.put
+    get, put = ENTRIES.get, ENTRIES.put
     for pair in pairs:
         entry = get(pair)
         if entry is None:
             entry = _entry(*pair)
-            if len(entry) <= caches.ENTRY_MAX:  # a big per-request value is not worth keeping
+            if len(entry) <= ENTRY_MAX:  # a big per-request value is not worth keeping
                 put(pair, entry)
         cells.append(at + 8 - (4 + 4 * len(cells)))
         blobs.append(entry)
@@ -170,12 +170,12 @@ def _table(
 ) -> bytes:
     """A root table of ``scalars`` and ``children`` in the slots given."""
     key = (tuple(compress(scalar_slots, scalars)), tuple(compress(child_slots, children)))
-    write = caches.LAYOUTS.get(key)
+    write = LAYOUTS.get(key)
     if write is None:
         present_scalars, present_children = key
         vtable = _vtable(present_scalars + present_children)
         write = _compile([vtable], (), 0, len(present_scalars), len(present_children))
-        caches.LAYOUTS.put(key, write)
+        LAYOUTS.put(key, write)
     return write((), filter(None, scalars), filter(None, children))
 
 
@@ -191,7 +191,7 @@ def _with_member(
     """A root table of the ``lead`` cells then a union's type and link (the last two
     ``root_slots``), with the union member's table (``scalars``, ``children``) right after it."""
     key = (root_slots, type_, tuple(compress(scalar_slots, scalars)), tuple(compress(child_slots, children)))
-    write = caches.LAYOUTS.get(key)
+    write = LAYOUTS.get(key)
     if write is None:
         _, _, present_scalars, present_children = key
         member_vt = _vtable(present_scalars + present_children)
@@ -201,7 +201,7 @@ def _with_member(
         fixed = (type_, 4, len(member_vt) + 4 + 4 * len(root_slots))
         vtables = [_vtable(root_slots), member_vt]
         write = _compile(vtables, fixed, len(root_slots) - 2, len(present_scalars), len(present_children))
-        caches.LAYOUTS.put(key, write)
+        LAYOUTS.put(key, write)
     return write(lead, filter(None, scalars), filter(None, children))
 
 
@@ -237,17 +237,17 @@ def no_action(id: int) -> bytes:
 
 def stop(id: int, status: int, headers: Entries, body: bytes | None) -> bytes:
     """``A6.HTTPReqCall.Resp`` with a Stop: APISIX answers the client with ``status``, ``headers`` and ``body``."""
-    cacheable = id and (body is None or len(body) < caches.STOP_MAX)
+    cacheable = id and (body is None or len(body) < STOP_MAX)
     if cacheable:
         key = (status, tuple(headers), body)
-        around = caches.STOPS.get(key)
+        around = STOPS.get(key)
         if around is not None:
             return b"".join((around[0], _pack_u32(id), around[1]))
     slots, lead = (_REPLY_WITH_ID, (id,)) if id else (_REPLY, ())
     reply = _with_member(slots, lead, _STOP, _STOP_SCALARS, (status,), _STOP_CHILDREN, (headers, body))
-    if cacheable and len(reply) <= caches.STOP_MAX:
+    if cacheable and len(reply) <= STOP_MAX:
         at = _u32(reply, 0)[0] + 4  # the id: the root table's first cell
-        caches.STOPS.put(key, (reply[:at], reply[at + 4 :]))
+        STOPS.put(key, (reply[:at], reply[at + 4 :]))
     return reply
 
 
@@ -274,11 +274,12 @@ def resp_call(id: int, status: int, headers: Entries, body: bytes | None) -> byt
 def extra_info(kind: InfoKind, name: str = "") -> bytes:
     """``A6.ExtraInfo.Req``: a Var question (with its name), or a ReqBody or RespBody one."""
     key = (kind, name)
-    question = caches.QUESTIONS.get(key)
+    question = QUESTIONS.get(key)
     if question is None:
         if kind == InfoKind.VAR:
             question = _with_member(_QUESTION, (), kind, (), (), _VAR_CHILDREN, (name,))
         else:  # ReqBody and RespBody are tables without fields
             question = _with_member(_QUESTION, (), kind, (), (), (), ())
-        caches.QUESTIONS.put(key, question)
+        if len(question) <= QUESTION_MAX:
+            QUESTIONS.put(key, question)
     return question
