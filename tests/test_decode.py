@@ -1,41 +1,29 @@
-"""Decoding what APISIX sends: every field, garbage and truncation, and the decode budget.
+"""Decoding what APISIX sends: every field, and garbage or truncation refused.
 
 Inputs are built with ``flatbuffers.Builder`` (``runner.testing``'s encoders,
-which write what APISIX's Lua builder writes: nothing shared), taken from the
-byte-level examples in ``vectors``, or hand-built with shared entries
-(``payloads``) where a test needs bytes no builder writes.
+which write what APISIX's Lua builder writes), taken from the byte-level
+examples in ``vectors``, or hand-built (``payloads``) where a test needs bytes
+no builder writes. The decode budget has its own tests (test_decode_budget).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import struct
-import subprocess
-import sys
-from pathlib import Path
 
 import flatbuffers
 import pytest
 import vectors
-from A6.Err.Resp import Resp as ErrResp
 from flatbuffers.table import Table
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from payloads import shared_entries
 
-from runner import Plugin, decode
-from runner.cache import ConfCache
-from runner.dispatch import Dispatcher, Prepared
+from runner import decode
 from runner.errors import DecodeError
-from runner.frame import MAX_PAYLOAD
-from runner.plugins import PluginRegistry
 from runner.protocol import (
     METHODS,
     ErrCode,
     HTTPReqCallReq,
-    HTTPRespCallReq,
-    MessageType,
     PrepareConfReq,
     vtable_entry,
 )
@@ -343,200 +331,3 @@ _garbage = st.one_of(
 def test_any_bytes_either_decode_or_are_refused(payload: bytes) -> None:
     for decoder in DECODERS.values():
         _decodes_or_refuses(decoder, payload)
-
-
-# --- the decode budget: linear in the payload, whatever its offsets ----------------
-
-# One root table per message, its [TextEntry] field all cells sharing one entry.
-_AMPLIFIED = {
-    "HTTPRespCall.Req headers": (decode.resp_call, {HTTPRespCallReq.ID: 1}, HTTPRespCallReq.HEADERS),
-    "PrepareConf.Req conf": (decode.prepare_conf, {}, PrepareConfReq.CONF),
-    "HTTPReqCall.Req headers": (lambda p: decode.req_call(p).headers(), {HTTPReqCallReq.ID: 1}, HTTPReqCallReq.HEADERS),
-    "HTTPReqCall.Req args": (lambda p: decode.req_call(p).args(), {HTTPReqCallReq.ID: 1}, HTTPReqCallReq.ARGS),
-}
-
-
-@pytest.mark.parametrize("what", list(_AMPLIFIED))
-def test_cells_sharing_one_entry_are_refused_naming_the_vector_its_size_and_the_budget(what: str) -> None:
-    read, scalars, slot = _AMPLIFIED[what]
-    payload = shared_entries(scalars=scalars, vectors={slot: 16_384})
-    with pytest.raises(DecodeError) as refused:
-        read(payload)
-    message = str(refused.value)
-    assert message.startswith(f"{what}: 16384 entries")
-    assert f"payload's {len(payload)}" in message
-
-
-@pytest.mark.parametrize("value", [b"y", None, b""], ids=["value", "no-value", "empty-value"])
-def test_shared_entries_are_decoded_up_to_the_budget_exactly_and_refused_one_byte_past_it(
-    value: bytes | None,
-) -> None:
-    # 1000 cells sharing one 3-byte name: each decoded entry costs ENTRY_COST plus its strings' bytes.
-    count = 1000
-    cost = count * (decode.ENTRY_COST + 3 + len(value or b""))
-    at_limit = shared_entries(scalars={}, vectors={PrepareConfReq.CONF: count}, name=b"abc", value=value, size=cost)
-    assert decode.prepare_conf(at_limit).conf == [("abc", (value or b"").decode())] * count
-    with pytest.raises(DecodeError, match="PrepareConf.Req conf: 1000 entries"):
-        decode.prepare_conf(at_limit[:-1])  # the same payload, one (padding) byte shorter
-
-
-def test_a_long_string_shared_by_many_entries_is_refused_before_it_is_decoded_again() -> None:
-    # Few cells (their count fits the budget), one long value: the second copy is over.
-    payload = shared_entries(scalars={}, vectors={HTTPRespCallReq.HEADERS: 10}, value=b"v" * 100_000)
-    with pytest.raises(DecodeError, match="HTTPRespCall.Req headers: 10 entries"):
-        decode.resp_call(payload)
-
-
-def test_the_parts_of_an_http_req_call_share_one_budget_and_a_part_read_again_costs_nothing() -> None:
-    count = 1000
-    cost = count * (decode.ENTRY_COST + 2)  # per vector: entries of "x" = "y"
-    slots = {HTTPReqCallReq.HEADERS: count, HTTPReqCallReq.ARGS: count}
-    payload = shared_entries(scalars={HTTPReqCallReq.ID: 1}, vectors=slots, size=cost + cost // 2)
-    call = decode.req_call(payload)
-    assert call.headers() == call.headers() == [("x", "y")] * count
-    with pytest.raises(DecodeError, match="HTTPReqCall.Req args: 1000 entries"):
-        call.args()  # headers and args each fit the budget, but not both
-
-
-# What APISIX's builder writes shares nothing, so it always fits the budget.
-
-
-def _valueless_args(count: int) -> list[tuple[str, str | None]]:
-    return [(f"{i % 4096:03x}", None) for i in range(count)]
-
-
-def test_the_densest_entries_a_builder_writes_decode_and_sit_at_the_budget() -> None:
-    # A valueless arg with a 3-byte name is the smallest unshared entry per byte:
-    # a 4-byte cell, an 8-byte table and an 8-byte string, charged ENTRY_COST + 3.
-    count = 20_000
-    args = _valueless_args(count)
-    payload = _req(args=args, path="/", src_ip=b"\x7f\x00\x00\x01")
-    assert decode.req_call(payload).args() == [(n, "") for n, _ in args]
-    assert count * (decode.ENTRY_COST + 3 + 1) > len(payload)  # one more budget byte per entry would refuse it
-
-
-@pytest.mark.parametrize(
-    "headers",
-    [
-        [(f"h{i}", "") for i in range(5000)],  # empty values
-        [(f"x-{i}", "v" * 40_000) for i in range(40)],  # long values
-        [("a", "b")] * 5000,  # many tiny, repeated headers (still written once each)
-        [(f"{i:x}", None) for i in range(5000)],  # valueless
-    ],
-    ids=["empty-values", "long-values", "tiny", "valueless"],
-)
-def test_builder_written_headers_always_fit_the_budget(headers: list[tuple[str, str | None]]) -> None:
-    expected = [(n, v or "") for n, v in headers]
-    assert decode.resp_call(resp_call_req(id=1, token=2, status=200, headers=headers)).headers == expected
-    assert decode.req_call(_req(headers=headers, args=headers)).headers() == expected
-    assert decode.prepare_conf(prepare_conf_req(headers, "k" * 1000)).conf == expected
-
-
-# Through the dispatcher: BAD_REQUEST and one log line.
-
-
-class _ReadsEverything(Plugin):
-    name = "reads_everything"
-
-    def filter(self, request, response):  # type: ignore[no-untyped-def]
-        list(request.headers), list(request.args)
-
-
-def _dispatcher() -> Dispatcher:
-    registry = PluginRegistry()
-    registry.register(_ReadsEverything)
-    return Dispatcher(registry, ConfCache[Prepared](60.0, first_token=7))
-
-
-def _no_exchange(question: bytes) -> bytes:
-    raise AssertionError("no ExtraInfo expected")
-
-
-_AMPLIFIED_FRAMES = {
-    "HTTPRespCall.Req headers": (MessageType.HTTP_RESP_CALL, HTTPRespCallReq.CONF_TOKEN, HTTPRespCallReq.HEADERS),
-    "PrepareConf.Req conf": (MessageType.PREPARE_CONF, None, PrepareConfReq.CONF),
-    "HTTPReqCall.Req headers": (MessageType.HTTP_REQ_CALL, HTTPReqCallReq.CONF_TOKEN, HTTPReqCallReq.HEADERS),
-    "HTTPReqCall.Req args": (MessageType.HTTP_REQ_CALL, HTTPReqCallReq.CONF_TOKEN, HTTPReqCallReq.ARGS),
-}
-
-
-def _amplified_frame(what: str, count: int) -> tuple[int, bytes]:
-    type_, token_slot, slot = _AMPLIFIED_FRAMES[what]
-    scalars = {} if token_slot is None else {token_slot: 7}
-    return type_, shared_entries(scalars=scalars, vectors={slot: count})
-
-
-@pytest.mark.parametrize("what", list(_AMPLIFIED_FRAMES))
-def test_an_amplified_payload_gets_bad_request_and_one_log_line(what: str, caplog: pytest.LogCaptureFixture) -> None:
-    dispatcher = _dispatcher()
-    token_reply = dispatcher.handle(
-        MessageType.PREPARE_CONF, prepare_conf_req([("reads_everything", "")], "k"), _no_exchange
-    )
-    assert token_reply[0] == MessageType.PREPARE_CONF
-    type_, payload = _amplified_frame(what, 16_384)
-    caplog.clear()
-    with caplog.at_level(logging.DEBUG):
-        reply = dispatcher.handle(type_, payload, _no_exchange)
-    assert reply[0] == MessageType.ERROR
-    assert ErrResp.GetRootAs(reply[4:], 0).Code() == ErrCode.BAD_REQUEST
-    lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 1
-    assert f"{what}: 16384 entries" in lines[0]
-
-
-# Runs in a fresh interpreter: the dispatcher with one plugin reading every header
-# and arg, a token for it, then the frame read from a file; prints the reply and
-# how far the peak RSS grew while handling it.
-_MEASURE = """
-import json, sys
-from A6.Err.Resp import Resp
-from runner import Plugin
-from runner.cache import ConfCache
-from runner.dispatch import Dispatcher
-from runner.plugins import PluginRegistry
-from runner.testing import prepare_conf_req
-
-class ReadsEverything(Plugin):
-    name = "reads_everything"
-
-    def filter(self, request, response):
-        list(request.headers), list(request.args)
-
-def kib(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-def no_exchange(question):
-    raise AssertionError("no ExtraInfo expected")
-
-registry = PluginRegistry()
-registry.register(ReadsEverything)
-dispatcher = Dispatcher(registry, ConfCache(60.0, first_token=7))
-dispatcher.handle(1, prepare_conf_req([("reads_everything", "")], "k"), no_exchange)
-type_, path = int(sys.argv[1]), sys.argv[2]
-with open(path, "rb") as f:
-    payload = f.read()
-before = kib("VmHWM")
-reply = dispatcher.handle(type_, payload, no_exchange)
-growth = kib("VmHWM") - before
-print(json.dumps({"growth_kib": growth, "type": reply[0], "code": Resp.GetRootAs(reply[4:], 0).Code()}))
-"""
-
-
-@pytest.mark.parametrize("what", list(_AMPLIFIED_FRAMES))
-def test_a_16_mib_amplified_payload_is_refused_with_little_memory(what: str, tmp_path: Path) -> None:
-    # Four million cells sharing one 12-byte entry: 1.6 GiB of Python objects if decoded.
-    type_, payload = _amplified_frame(what, (MAX_PAYLOAD - 100) // 4)
-    assert MAX_PAYLOAD - 100 < len(payload) <= MAX_PAYLOAD
-    (tmp_path / "payload").write_bytes(payload)
-    out = subprocess.run(
-        [sys.executable, "-c", _MEASURE, str(int(type_)), str(tmp_path / "payload")],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).parent.parent,
-        timeout=120,
-    )
-    result = json.loads(out.stdout)
-    assert (result["type"], result["code"]) == (MessageType.ERROR, ErrCode.BAD_REQUEST)
-    assert result["growth_kib"] < 64 * 1024
