@@ -158,29 +158,35 @@ class _Table:
             raise DecodeError(f"vector of {count} items runs past the payload")
         return start, count
 
-    def byte_vector(self, slot: int, left: int, what: str) -> tuple[bytes | None, int]:
-        """A ``[ubyte]`` field; ``None`` if absent (``b""`` if empty)."""
+    def _bytes(self, slot: int, left: int, what: str) -> tuple[int, int] | None:
+        """``(start, end)`` of the string or byte vector in field ``slot``, charged to ``left``; ``None`` if absent."""
         vec = self._vector(slot, 1)
         if vec is None:
-            return None, 0
+            return None
         start, count = vec
         if count > left:
             raise _over_budget(what, count, left, self._buf)
+        return start, start + count
+
+    def byte_vector(self, slot: int, left: int, what: str) -> tuple[bytes | None, int]:
+        """A ``[ubyte]`` field; ``None`` if absent (``b""`` if empty)."""
+        span = self._bytes(slot, left, what)
+        if span is None:
+            return None, 0
+        start, end = span
         buf = self._buf
         if type(buf) is bytes:  # a bytes slice is the one copy
-            return buf[start : start + count], count
+            return buf[start:end], end - start
         with memoryview(buf) as view:  # a bytearray slice would copy twice
-            return bytes(view[start : start + count]), count
+            return bytes(view[start:end]), end - start
 
     def text(self, slot: int, left: int, what: str) -> tuple[str | None, int]:
         """A ``string`` field; ``None`` if absent."""
-        vec = self._vector(slot, 1)
-        if vec is None:
+        span = self._bytes(slot, left, what)
+        if span is None:
             return None, 0
-        start, count = vec
-        if count > left:
-            raise _over_budget(what, count, left, self._buf)
-        return self._buf[start : start + count].decode("utf-8", "surrogateescape"), count
+        start, end = span
+        return self._buf[start:end].decode("utf-8", "surrogateescape"), end - start
 
     def entries(self, slot: int, left: int, what: str) -> tuple[list[tuple[str, str]], int]:
         """A ``[TextEntry]`` field as ``(name, value)`` pairs (``[]`` if absent).
@@ -208,29 +214,27 @@ class _Table:
                 name_at, value_at = slots[TextEntry.NAME], slots[TextEntry.VALUE]
             # The strings are read as ``_vector`` reads them, inline: this loop runs
             # for every header decoded, and a call per string made the benchmark's
-            # ``resp`` scenario 3-5 % slower (bench/inproc.py).
-            name = value = ""
+            # ``resp`` scenario 3-5 % slower (bench/inproc.py). An absent one is "".
+            name_start = name_end = value_start = value_end = 0
             if name_at:
-                s = table + name_at
-                s += _u32(buf, s)[0] + 4
-                e = s + _u32(buf, s - 4)[0]
-                cost += e - s
-                if e > size:
-                    raise DecodeError("string runs past the payload")
-                if cost > left:
-                    raise _over_budget(f"{what}: {count} entries", cost, left, buf)
-                name = buf[s:e].decode("utf-8", "surrogateescape")
+                name_start = table + name_at
+                name_start += _u32(buf, name_start)[0] + 4
+                name_end = name_start + _u32(buf, name_start - 4)[0]
             if value_at:
-                s = table + value_at
-                s += _u32(buf, s)[0] + 4
-                e = s + _u32(buf, s - 4)[0]
-                cost += e - s
-                if e > size:
-                    raise DecodeError("string runs past the payload")
-                if cost > left:
-                    raise _over_budget(f"{what}: {count} entries", cost, left, buf)
-                value = buf[s:e].decode("utf-8", "surrogateescape")
-            out.append((name, value))
+                value_start = table + value_at
+                value_start += _u32(buf, value_start)[0] + 4
+                value_end = value_start + _u32(buf, value_start - 4)[0]
+            if name_end > size or value_end > size:
+                raise DecodeError("string runs past the payload")
+            cost += name_end - name_start + value_end - value_start
+            if cost > left:
+                raise _over_budget(f"{what}: {count} entries", cost, left, buf)
+            out.append(
+                (
+                    buf[name_start:name_end].decode("utf-8", "surrogateescape"),
+                    buf[value_start:value_end].decode("utf-8", "surrogateescape"),
+                )
+            )
         return out, cost
 
 

@@ -6,10 +6,11 @@ once here and used by the frame codec, the decoder, the encoder, the
 dispatcher and the test kit alike. docs/protocol.md says what each message
 means and how APISIX uses it.
 
-Rules: names only, no behaviour and no I/O. A slot table is a plain class of
-``int`` attributes (as ``flatc`` generates enums for Python), so a read on a
-hot path costs a class attribute lookup, not an ``Enum`` member lookup; the
-tables whose numbers appear in logs or metric labels are ``IntEnum``.
+Rules: names only, no behaviour and no I/O. Frame types, error codes, info
+kinds and action types are ``IntEnum`` (their names show in logs and metric
+labels). A slot table is a plain class of ``int`` attributes, as ``flatc``
+writes enums for Python: the decoder and encoder read slots on every call,
+and a class attribute costs a fraction of an ``Enum`` member lookup.
 """
 
 from __future__ import annotations
