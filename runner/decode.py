@@ -280,7 +280,7 @@ class ReqCall:
         self.conf_token = table.u32(HTTPReqCallReq.CONF_TOKEN)
         self.method = METHODS[method] if method < len(METHODS) else f"METHOD_{method}"
         self._table = table
-        self._budget = BUDGET_PER_BYTE * len(payload)
+        self._budget = _budget(payload)
         self._spent: dict[int, int] = {}  # slot -> what decoding it cost
 
     @property
