@@ -33,7 +33,8 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from .errors import CallAbandoned, FrameError
-from .frame import Frame, FrameDecoder, MessageType, encode
+from .frame import Frame, FrameDecoder, encode
+from .protocol import MessageType
 
 if TYPE_CHECKING:
     from .pool import Worker

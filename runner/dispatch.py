@@ -21,22 +21,21 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
-from . import frame, messages
+from . import decode, encode, frame
 from .errors import (
     CallAbandoned,
     ConfUnusable,
     DecodeError,
-    ErrCode,
     PluginError,
     PluginStuck,
     RunnerError,
     TokenNotFound,
 )
-from .frame import MessageType
-from .http import ExtraInfo, InfoKind, Request, Response
+from .http import ExtraInfo, Request, Response
 from .logs import Throttle
 from .metrics import Metrics
 from .plugins import Plugin, PluginRegistry, call_filter, call_response_filter, has_filter, has_response_filter
+from .protocol import ErrCode, InfoKind, MessageType
 from .watchdog import StuckCalls
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ class Call(Protocol):
     request_id: int
     conf_token: int
 
-    def ask(self, question: bytes) -> messages.Buffer:
+    def ask(self, question: bytes) -> decode.Buffer:
         """Send an ExtraInfo.Req payload on the call's connection; return the ExtraInfo.Resp payload."""
         ...
 
@@ -57,7 +56,7 @@ class Call(Protocol):
 _PREPARE_CONF, _REQ_CALL, _RESP_CALL = (
     int(t) for t in (MessageType.PREPARE_CONF, MessageType.HTTP_REQ_CALL, MessageType.HTTP_RESP_CALL)
 )
-_ERR_FRAMES = {code: frame.encode(MessageType.ERROR, messages.encode_err(code)) for code in ErrCode}
+_ERR_FRAMES = {code: frame.encode(MessageType.ERROR, encode.err(code)) for code in ErrCode}
 
 
 def err_frame(code: ErrCode) -> bytes:
@@ -134,19 +133,19 @@ class Dispatcher:
         self.registry = registry
         self.cache.forget_keys()
 
-    def handle(self, type_: int, payload: messages.Buffer, call: Call) -> bytes:
+    def handle(self, type_: int, payload: decode.Buffer, call: Call) -> bytes:
         """The reply frame for one request frame. Raises only ``CallAbandoned``."""
         outcome = "ok"
         try:
             if type_ == _REQ_CALL:  # (plain ints: an enum member costs a lookup, per call)
-                req = messages.parse_req_call(payload)
+                req = decode.req_call(payload)
                 call.request_id, call.conf_token = req.id, req.conf_token
                 phase = run_request_phase(self._lookup(req), req, call, self.metrics, self.stuck)
                 return frame.encode(_REQ_CALL, phase)
             if type_ == _PREPARE_CONF:
                 return frame.encode(_PREPARE_CONF, self._prepare_conf(payload))
             if type_ == _RESP_CALL:
-                resp = messages.parse_resp_call(payload)
+                resp = decode.resp_call(payload)
                 call.request_id, call.conf_token = resp.id, resp.conf_token
                 phase = run_response_phase(self._lookup(resp), resp, call, self.metrics, self.stuck)
                 return frame.encode(_RESP_CALL, phase)
@@ -177,8 +176,8 @@ class Dispatcher:
 
     # --- PrepareConf -------------------------------------------------------
 
-    def _prepare_conf(self, payload: messages.Buffer) -> bytes:
-        req = messages.parse_prepare_conf(payload)
+    def _prepare_conf(self, payload: decode.Buffer) -> bytes:
+        req = decode.prepare_conf(payload)
         failed: list[str] = []
 
         def build() -> tuple[Prepared, bool]:
@@ -195,7 +194,7 @@ class Dispatcher:
             # Still a token: a refused PrepareConf would make APISIX retry
             # under its global lock; the calls on this token fail instead.
             log.error("conf token %d (key %r) fails every call with 503: %s", token, req.key, failed[0])
-        return messages.encode_prepare_conf_resp(token)
+        return encode.prepare_conf(token)
 
     def prepare(self, conf: list[tuple[str, str]], registry: PluginRegistry | None = None) -> Prepared:
         """Instantiate and configure the plugins of one route conf, in order. Never raises.
@@ -229,7 +228,7 @@ class Dispatcher:
             registry=registry,
         )
 
-    def _lookup(self, call: messages.ReqCall | messages.RespCall) -> Prepared:
+    def _lookup(self, call: decode.ReqCall | decode.RespCall) -> Prepared:
         prepared = self.cache.get(call.conf_token)
         if prepared.error:
             raise ConfUnusable(f"conf token {call.conf_token} is unusable: {prepared.error}")
@@ -242,7 +241,7 @@ _stuck_throttle = Throttle(1.0)
 def _run(
     name: str,
     what: str,
-    req: messages.ReqCall | messages.RespCall,
+    req: decode.ReqCall | decode.RespCall,
     call: Call,
     metrics: Metrics | None,
     stuck: StuckCalls | None,
@@ -275,27 +274,27 @@ def _run(
 
 def run_request_phase(
     prepared: Prepared,
-    req: messages.ReqCall,
+    req: decode.ReqCall,
     call: Call,
     metrics: Metrics | None = None,
     stuck: StuckCalls | None = None,
 ) -> bytes:
     """Run the request-phase chain; the HTTPReqCall.Resp payload. Plugin failures raise ``PluginError``."""
     if not prepared.request_chain:
-        return messages.encode_no_action(req.id)
+        return encode.no_action(req.id)
     extra = ExtraInfo(_asker(call, metrics))
     request = Request(req.id, req.method, lambda: req.path, lambda: req.src_ip, req.headers, req.args, extra)
     response = Response(200, (), extra)
     for name, plugin in prepared.request_chain:
         if _run(name, "filter", req, call, metrics, stuck, call_filter, plugin, request, response):
             headers = [(n, v) for n, v in response.headers.items() if n.lower() not in _HOP_BY_HOP]
-            return messages.encode_stop(req.id, response.status_code, headers, response.body_for_client)
+            return encode.stop(req.id, response.status_code, headers, response.body_for_client)
     return _rewrite(req, request, response)
 
 
 def run_response_phase(
     prepared: Prepared,
-    resp: messages.RespCall,
+    resp: decode.RespCall,
     call: Call,
     metrics: Metrics | None = None,
     stuck: StuckCalls | None = None,
@@ -313,7 +312,7 @@ def run_response_phase(
     # the last one cannot turn into "copy every upstream header".
     headers += [(n, None) for n, values in response.headers.changes() if values is None]
     status = response.status_code if response.status_code != resp.status else 0
-    return messages.encode_resp_call_resp(resp.id, status, headers, response.body_for_client)
+    return encode.resp_call(resp.id, status, headers, response.body_for_client)
 
 
 def _ignored_by_apisix(name: str) -> bool:
@@ -333,12 +332,12 @@ def _asker(call: Call, metrics: Metrics | None) -> Callable[[InfoKind, str], byt
     def ask(kind: InfoKind, name: str) -> bytes | None:
         if metrics is not None:
             metrics.extra_info(kind.name.lower())
-        return messages.parse_extra_info_resp(call.ask(messages.encode_extra_info_req(kind, name)))
+        return decode.extra_info(call.ask(encode.extra_info(kind, name)))
 
     return ask
 
 
-def _rewrite(req: messages.ReqCall, request: Request, response: Response) -> bytes:
+def _rewrite(req: decode.ReqCall, request: Request, response: Response) -> bytes:
     """Only what the plugins changed, so untouched (and repeated) headers stay as they were."""
     path, header_changes, arg_changes = request.changes()
     # APISIX *sets* each request header entry (last one wins), so several
@@ -356,10 +355,8 @@ def _rewrite(req: messages.ReqCall, request: Request, response: Response) -> byt
     )
     body = request.body_for_upstream
     if path is None and not headers and not args and not resp_headers and not body:
-        return messages.encode_no_action(req.id)
-    return messages.encode_rewrite(
-        req.id, path=path, headers=headers, args=args, resp_headers=resp_headers, body=body or None
-    )
+        return encode.no_action(req.id)
+    return encode.rewrite(req.id, path=path, headers=headers, args=args, resp_headers=resp_headers, body=body or None)
 
 
 def _joined(name: str, values: list[str]) -> str:

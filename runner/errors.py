@@ -9,15 +9,7 @@ with one line that names the cause.
 
 from __future__ import annotations
 
-import enum
-
-
-class ErrCode(enum.IntEnum):
-    """``A6.Err.Code``: what APISIX reads in an Err frame (type 0)."""
-
-    BAD_REQUEST = 0
-    SERVICE_UNAVAILABLE = 1
-    CONF_TOKEN_NOT_FOUND = 2
+from .protocol import ErrCode
 
 
 class RunnerError(Exception):

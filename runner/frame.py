@@ -21,7 +21,6 @@ Rules:
 
 from __future__ import annotations
 
-import enum
 import struct
 from typing import NamedTuple
 
@@ -33,16 +32,6 @@ MAX_PAYLOAD = 0xFFFFFF
 _HEADER = struct.Struct(">I")
 # Frames bigger than this that end a read are handed over without a copy.
 _HAND_OVER = 64 * 1024
-
-
-class MessageType(enum.IntEnum):
-    """RPC types (APISIX ``constants.lua``)."""
-
-    ERROR = 0
-    PREPARE_CONF = 1
-    HTTP_REQ_CALL = 2
-    EXTRA_INFO = 3
-    HTTP_RESP_CALL = 4
 
 
 class Frame(NamedTuple):

@@ -24,23 +24,15 @@ Rules:
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import re
 from collections.abc import Callable
 
 from .frame import MAX_PAYLOAD
 from .headers import UNENCODABLE, Args, Headers, Load, Pairs, refuse_character
+from .protocol import InfoKind
 
 __all__ = ["MAX_BODY", "ExtraInfo", "InfoKind", "Request", "Response"]
-
-
-class InfoKind(enum.IntEnum):
-    """What an ExtraInfo question asks for (the ``A6.ExtraInfo.Info`` union tag)."""
-
-    VAR = 1
-    REQ_BODY = 2
-    RESP_BODY = 3
 
 
 #: The largest body a plugin may set: one frame, minus room for the rest of the

@@ -38,9 +38,10 @@ from . import control, metrics, sockets, systemd, tuning
 from .cache import ConfCache
 from .config import Config
 from .dispatch import Dispatcher, Prepared, TokenStore, err_frame
-from .errors import ErrCode, PluginLoadError, RunnerError
+from .errors import PluginLoadError, RunnerError
 from .loader import load_plugins
 from .plugins import PluginRegistry
+from .protocol import ErrCode
 from .server import RunnerServer
 from .shares import Shares
 from .watchdog import StuckCalls, Watchdog

@@ -17,19 +17,7 @@ from A6.Err.Resp import Resp as ErrResp
 from A6.HTTPReqCall.Resp import Resp as ReqCallResp
 from A6.PrepareConf.Resp import Resp as PrepareConfResp
 
-from .errors import ErrCode
-from .frame import MessageType
-
-
-# merge: protocol slots
-class PrepareConfReq:
-    KEY = 1
-
-
-class HTTPReqCallReq:
-    ID = 0
-    CONF_TOKEN = 6
-
+from .protocol import ErrCode, HTTPReqCallReq, MessageType, PrepareConfReq, slot_count
 
 HEALTH_KEY = "apisix-python-runner#health"
 _HEADER = struct.Struct(">I")
@@ -42,7 +30,7 @@ class Unhealthy(Exception):
 def _prepare_conf() -> bytes:
     b = flatbuffers.Builder(64)
     key = b.CreateString(HEALTH_KEY)
-    b.StartObject(2)
+    b.StartObject(slot_count(PrepareConfReq))
     b.PrependUOffsetTRelativeSlot(PrepareConfReq.KEY, key, 0)
     b.Finish(b.EndObject())
     return bytes(b.Output())
@@ -50,7 +38,7 @@ def _prepare_conf() -> bytes:
 
 def _req_call(token: int) -> bytes:
     b = flatbuffers.Builder(64)
-    b.StartObject(7)
+    b.StartObject(slot_count(HTTPReqCallReq))
     b.PrependUint32Slot(HTTPReqCallReq.CONF_TOKEN, token, 0)
     b.PrependUint32Slot(HTTPReqCallReq.ID, 1, 0)
     b.Finish(b.EndObject())

@@ -32,15 +32,31 @@ from A6.ExtraInfo.Var import Var as ExtraInfoVar
 from A6.HTTPReqCall.Resp import Resp as ReqCallResp
 from A6.HTTPReqCall.Stop import Stop as StopTable
 from A6.PrepareConf.Resp import Resp as PrepareConfResp
-from A6.TextEntry import TextEntry
+from A6.TextEntry import TextEntry as TextEntryTable
 from flatbuffers.table import Table
 
-from . import frame, messages
+from . import decode, frame
 from .cache import ConfCache
 from .dispatch import Dispatcher, Prepared, run_request_phase, run_response_phase
 from .errors import RunnerError
-from .frame import HEADER_LEN, MAX_PAYLOAD, MessageType
+from .frame import HEADER_LEN, MAX_PAYLOAD
 from .plugins import Plugin, PluginRegistry, plugin_name
+from .protocol import (
+    METHODS,
+    Action,
+    ExtraInfoResp,
+    HTTPReqCallReq,
+    HTTPRespCallReq,
+    HTTPRespCallResp,
+    InfoKind,
+    MessageType,
+    PrepareConfReq,
+    Rewrite,
+    Stop,
+    TextEntry,
+    slot_count,
+    vtable_entry,
+)
 
 __all__ = [
     "ApisixClient",
@@ -79,10 +95,10 @@ def _entries(b: flatbuffers.Builder, pairs: Pairs) -> int:
     for name, value in pairs:
         n = b.CreateString(_b(name))
         v = None if value is None else b.CreateString(_b(value))
-        b.StartObject(2)
-        b.PrependUOffsetTRelativeSlot(0, n, 0)
+        b.StartObject(slot_count(TextEntry))
+        b.PrependUOffsetTRelativeSlot(TextEntry.NAME, n, 0)
         if v is not None:
-            b.PrependUOffsetTRelativeSlot(1, v, 0)
+            b.PrependUOffsetTRelativeSlot(TextEntry.VALUE, v, 0)
         offsets.append(b.EndObject())
     b.StartVector(4, len(offsets), 4)
     for off in reversed(offsets):
@@ -99,10 +115,10 @@ def prepare_conf_req(conf: Pairs | None, key: str) -> bytes:
     b = flatbuffers.Builder(256)
     cv = _entries(b, conf) if conf is not None else None
     kv = b.CreateString(key)
-    b.StartObject(2)
-    b.PrependUOffsetTRelativeSlot(1, kv, 0)
+    b.StartObject(slot_count(PrepareConfReq))
+    b.PrependUOffsetTRelativeSlot(PrepareConfReq.KEY, kv, 0)
     if cv is not None:
-        b.PrependUOffsetTRelativeSlot(0, cv, 0)
+        b.PrependUOffsetTRelativeSlot(PrepareConfReq.CONF, cv, 0)
     return _done(b, b.EndObject())
 
 
@@ -112,34 +128,34 @@ def req_call_req(*, id: int, token: int, method: str, path: str, args: Pairs, he
     p = b.CreateString(_b(path))
     av = _entries(b, args)  # APISIX always sends both vectors, empty or not
     hv = _entries(b, headers)
-    b.StartObject(7)
-    b.PrependUint32Slot(6, token, 0)
-    b.PrependUOffsetTRelativeSlot(5, hv, 0)
-    b.PrependUOffsetTRelativeSlot(4, av, 0)
-    b.PrependUOffsetTRelativeSlot(3, p, 0)
-    b.PrependUint8Slot(2, messages.METHODS.index(method), 0)
-    b.PrependUOffsetTRelativeSlot(1, ip, 0)
-    b.PrependUint32Slot(0, id, 0)
+    b.StartObject(slot_count(HTTPReqCallReq))
+    b.PrependUint32Slot(HTTPReqCallReq.CONF_TOKEN, token, 0)
+    b.PrependUOffsetTRelativeSlot(HTTPReqCallReq.HEADERS, hv, 0)
+    b.PrependUOffsetTRelativeSlot(HTTPReqCallReq.ARGS, av, 0)
+    b.PrependUOffsetTRelativeSlot(HTTPReqCallReq.PATH, p, 0)
+    b.PrependUint8Slot(HTTPReqCallReq.METHOD, METHODS.index(method), 0)
+    b.PrependUOffsetTRelativeSlot(HTTPReqCallReq.SRC_IP, ip, 0)
+    b.PrependUint32Slot(HTTPReqCallReq.ID, id, 0)
     return _done(b, b.EndObject())
 
 
 def resp_call_req(*, id: int, token: int, status: int, headers: Pairs) -> bytes:
     b = flatbuffers.Builder(512)
     hv = _entries(b, headers)
-    b.StartObject(4)
-    b.PrependUint32Slot(3, token, 0)
-    b.PrependUOffsetTRelativeSlot(2, hv, 0)
-    b.PrependUint16Slot(1, status, 0)
-    b.PrependUint32Slot(0, id, 0)
+    b.StartObject(slot_count(HTTPRespCallReq))
+    b.PrependUint32Slot(HTTPRespCallReq.CONF_TOKEN, token, 0)
+    b.PrependUOffsetTRelativeSlot(HTTPRespCallReq.HEADERS, hv, 0)
+    b.PrependUint16Slot(HTTPRespCallReq.STATUS, status, 0)
+    b.PrependUint32Slot(HTTPRespCallReq.ID, id, 0)
     return _done(b, b.EndObject())
 
 
 def extra_info_resp(result: bytes | None) -> bytes:
     b = flatbuffers.Builder(64 + (len(result) if result else 0))
     rv = b.CreateByteVector(result) if result is not None else None
-    b.StartObject(1)
+    b.StartObject(slot_count(ExtraInfoResp))
     if rv is not None:
-        b.PrependUOffsetTRelativeSlot(0, rv, 0)
+        b.PrependUOffsetTRelativeSlot(ExtraInfoResp.RESULT, rv, 0)
     return _done(b, b.EndObject())
 
 
@@ -150,13 +166,13 @@ def _root(buf: bytes) -> Table:
     return Table(buf, flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, 0))
 
 
-def _text_pairs(tab: Table, vt: int) -> list[tuple[str, str | None]]:
-    o = tab.Offset(vt)
+def _text_pairs(tab: Table, slot: int) -> list[tuple[str, str | None]]:
+    o = tab.Offset(vtable_entry(slot))
     if not o:
         return []
     start, out = tab.Vector(o), []
     for j in range(tab.VectorLen(o)):
-        e = TextEntry()
+        e = TextEntryTable()
         e.Init(tab.Bytes, tab.Indirect(start + 4 * j))
         value = e.Value()
         out.append(
@@ -168,16 +184,16 @@ def _text_pairs(tab: Table, vt: int) -> list[tuple[str, str | None]]:
     return out
 
 
-def _byte_vector(tab: Table, vt: int) -> bytes | None:
-    o = tab.Offset(vt)
+def _byte_vector(tab: Table, slot: int) -> bytes | None:
+    o = tab.Offset(vtable_entry(slot))
     if not o:
         return None
     start = tab.Vector(o)
     return bytes(tab.Bytes[start : start + tab.VectorLen(o)])
 
 
-def _u(tab: Table, vt: int, flags: type) -> int:
-    o = tab.Offset(vt)
+def _u(tab: Table, slot: int, flags: type) -> int:
+    o = tab.Offset(vtable_entry(slot))
     return int(tab.Get(flags, o + tab.Pos)) if o else 0
 
 
@@ -229,22 +245,22 @@ def decode_req_call_reply(payload: bytes) -> ReqCallReply:
     resp = ReqCallResp.GetRootAs(payload, 0)
     reply = ReqCallReply(id=resp.Id())
     action = resp.Action()
-    if resp.ActionType() == 1:
+    if resp.ActionType() == Action.STOP:
         stop = StopTable()
         stop.Init(action.Bytes, action.Pos)
         reply.action, reply.status = "stop", stop.Status()
-        reply.headers = _text_pairs(action, 6)
-        reply.body = _byte_vector(action, 8)
-    elif resp.ActionType() == 2:
-        # Rewrite read by vtable offsets: a6pluginprotos 0.2.1 lacks slots 3 and 4.
-        path = action.Offset(4)
+        reply.headers = _text_pairs(action, Stop.HEADERS)
+        reply.body = _byte_vector(action, Stop.BODY)
+    elif resp.ActionType() == Action.REWRITE:
+        # Rewrite read by slot: a6pluginprotos 0.2.1 lacks resp_headers and body.
+        path = action.Offset(vtable_entry(Rewrite.PATH))
         reply.action = "rewrite"
         reply.path = action.String(path + action.Pos).decode("utf-8", "surrogateescape") if path else None
-        reply.headers = _text_pairs(action, 6)
-        reply.args = _text_pairs(action, 8)
-        reply.resp_headers = _text_pairs(action, 10)
-        reply.body = _byte_vector(action, 12)
-    elif resp.ActionType() != 0:
+        reply.headers = _text_pairs(action, Rewrite.HEADERS)
+        reply.args = _text_pairs(action, Rewrite.ARGS)
+        reply.resp_headers = _text_pairs(action, Rewrite.RESP_HEADERS)
+        reply.body = _byte_vector(action, Rewrite.BODY)
+    elif resp.ActionType() != Action.NONE:
         raise ProtocolViolation(f"unknown action type {resp.ActionType()}")
     return reply
 
@@ -252,10 +268,10 @@ def decode_req_call_reply(payload: bytes) -> ReqCallReply:
 def decode_resp_call_reply(payload: bytes) -> RespCallReply:
     t = _root(payload)
     return RespCallReply(
-        id=_u(t, 4, flatbuffers.number_types.Uint32Flags),
-        status=_u(t, 6, flatbuffers.number_types.Uint16Flags),
-        headers=_text_pairs(t, 8),
-        body=_byte_vector(t, 10),
+        id=_u(t, HTTPRespCallResp.ID, flatbuffers.number_types.Uint32Flags),
+        status=_u(t, HTTPRespCallResp.STATUS, flatbuffers.number_types.Uint16Flags),
+        headers=_text_pairs(t, HTTPRespCallResp.HEADERS),
+        body=_byte_vector(t, HTTPRespCallResp.BODY),
     )
 
 
@@ -264,25 +280,25 @@ def answer_extra_info(
 ) -> bytes:
     """APISIX's answer (an ExtraInfo.Resp payload) to an ExtraInfo.Req, recording it in ``asked``.
 
-    ``bodies`` maps 2 (request body) and 3 (upstream body) to bytes or ``None``.
+    ``bodies`` maps ``InfoKind.REQ_BODY`` and ``InfoKind.RESP_BODY`` (the upstream's) to bytes or ``None``.
     Like APISIX, an unknown variable or a missing body gets no result, and the
     upstream body can be read only once per call.
     """
     req = ExtraInfoReq.GetRootAs(question, 0)
     info = req.Info()
-    if req.InfoType() == 1:
+    if req.InfoType() == InfoKind.VAR:
         var = ExtraInfoVar()
         var.Init(info.Bytes, info.Pos)
         name = (var.Name() or b"").decode("utf-8", "surrogateescape")
         asked.append(("var", name))
         value = vars.get(name)
         return extra_info_resp(None if value is None else _b(value))
-    if req.InfoType() == 2:
+    if req.InfoType() == InfoKind.REQ_BODY:
         asked.append(("req_body", ""))
-        return extra_info_resp(bodies.get(2))
-    if req.InfoType() == 3:
+        return extra_info_resp(bodies.get(InfoKind.REQ_BODY))
+    if req.InfoType() == InfoKind.RESP_BODY:
         asked.append(("resp_body", ""))
-        return extra_info_resp(bodies.pop(3, None))
+        return extra_info_resp(bodies.pop(InfoKind.RESP_BODY, None))
     raise ProtocolViolation(f"unknown ExtraInfo type {req.InfoType()}")
 
 
@@ -372,7 +388,9 @@ class ApisixClient:
         payload = req_call_req(id=id, token=token, method=method, path=path, args=args, headers=headers, src_ip=src_ip)
         self.send_frame(MessageType.HTTP_REQ_CALL, payload)
         asked: list[tuple[str, str]] = []
-        type_, reply_payload = self._answer_questions(MessageType.HTTP_REQ_CALL, vars or {}, {2: body}, asked)
+        type_, reply_payload = self._answer_questions(
+            MessageType.HTTP_REQ_CALL, vars or {}, {InfoKind.REQ_BODY: body}, asked
+        )
         reply = (
             ReqCallReply(err=_err_code(reply_payload))
             if type_ == MessageType.ERROR
@@ -397,7 +415,7 @@ class ApisixClient:
             id, self._next_id = self._next_id, self._next_id + 1
         self.send_frame(MessageType.HTTP_RESP_CALL, resp_call_req(id=id, token=token, status=status, headers=headers))
         asked: list[tuple[str, str]] = []
-        bodies: dict[int, bytes | None] = {2: request_body, 3: body}
+        bodies: dict[int, bytes | None] = {InfoKind.REQ_BODY: request_body, InfoKind.RESP_BODY: body}
         type_, payload = self._answer_questions(MessageType.HTTP_RESP_CALL, vars or {}, bodies, asked)
         reply = RespCallReply(err=_err_code(payload)) if type_ == MessageType.ERROR else decode_resp_call_reply(payload)
         reply.asked = asked
@@ -484,9 +502,9 @@ def run_filter(
         src_ip=ipaddress.ip_address(src_ip).packed,
     )
     asked: list[tuple[str, str]] = []
-    bodies: dict[int, bytes | None] = {2: body}
+    bodies: dict[int, bytes | None] = {InfoKind.REQ_BODY: body}
 
-    out = run_request_phase(prepared, messages.parse_req_call(payload), _KitCall(vars or {}, bodies, asked))
+    out = run_request_phase(prepared, decode.req_call(payload), _KitCall(vars or {}, bodies, asked))
     frame.encode(MessageType.HTTP_REQ_CALL, out)  # raises if APISIX could not receive it
     reply = decode_req_call_reply(out)
     reply.asked = asked
@@ -513,9 +531,9 @@ def run_response_filter(
     prepared = _prepare(plugins, conf)
     payload = resp_call_req(id=id, token=1, status=status, headers=_pairs(headers))
     asked: list[tuple[str, str]] = []
-    bodies: dict[int, bytes | None] = {2: request_body, 3: body}
+    bodies: dict[int, bytes | None] = {InfoKind.REQ_BODY: request_body, InfoKind.RESP_BODY: body}
 
-    out = run_response_phase(prepared, messages.parse_resp_call(payload), _KitCall(vars or {}, bodies, asked))
+    out = run_response_phase(prepared, decode.resp_call(payload), _KitCall(vars or {}, bodies, asked))
     frame.encode(MessageType.HTTP_RESP_CALL, out)
     reply = decode_resp_call_reply(out)
     reply.asked = asked

@@ -11,8 +11,9 @@ from runner import Plugin
 from runner.cache import ConfCache
 from runner.dispatch import Dispatcher, Prepared
 from runner.errors import ErrCode
-from runner.frame import FrameDecoder, MessageType, encode
+from runner.frame import FrameDecoder, encode
 from runner.plugins import PluginRegistry
+from runner.protocol import MessageType
 from runner.testing import decode_req_call_reply, prepare_conf_req, req_call_req
 
 

@@ -7,7 +7,7 @@ import hashlib
 from conftest import act
 
 from runner.errors import ErrCode
-from runner.frame import MessageType
+from runner.protocol import MessageType
 from runner.testing import ApisixClient, RunnerProcess, encode_frame, req_call_req
 
 

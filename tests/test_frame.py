@@ -15,7 +15,8 @@ from vectors import VECTORS
 
 from runner import frame
 from runner.errors import ErrCode, ReplyTooLarge
-from runner.frame import HEADER_LEN, MAX_PAYLOAD, Frame, FrameDecoder, MessageType
+from runner.frame import HEADER_LEN, MAX_PAYLOAD, Frame, FrameDecoder
+from runner.protocol import MessageType
 
 SMALL = list(VECTORS.items())
 

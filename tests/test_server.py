@@ -14,7 +14,8 @@ import pytest
 from helpers import TEST_PLUGINS, act, fd_count, run_in_threads, wait_for
 
 from runner.errors import ErrCode
-from runner.frame import MAX_PAYLOAD, MessageType
+from runner.frame import MAX_PAYLOAD
+from runner.protocol import MessageType
 from runner.testing import (
     ApisixClient,
     RunnerProcess,

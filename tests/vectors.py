@@ -1,8 +1,8 @@
-"""The byte-level examples of protocol.md §12, as whole frames (header included).
+"""Byte-level examples of the protocol's messages, as whole frames (header included).
 
-Built by the protocol notes with the Python FlatBuffers builder; APISIX's Lua
-builder lays bytes out differently, so tests compare decoded fields, never
-payload bytes, except where a vector is the input.
+Built with the Python FlatBuffers builder; APISIX's Lua builder lays bytes out
+differently, so tests compare decoded fields, never payload bytes, except
+where a vector is the input.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ def _hex(text: str) -> bytes:
     return bytes.fromhex(text)
 
 
-# protocol.md §12, whole frames (header included).
 VECTORS: dict[str, bytes] = {
     "prepare_conf_req": _hex(
         """
