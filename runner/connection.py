@@ -19,10 +19,16 @@ Rules:
   deadline, the plugin it is in. It ends exactly once, by its reply
   (``finish``) or by the watchdog (``expire``), under the connection's lock;
   the loser of that race sends nothing.
+* A call the dispatcher returns as ``Pending`` (an async plugin chain) leaves
+  its thread: the connection goes to the event loop (its socket non-blocking,
+  ExtraInfo through ``ask_async``), where the call's deadline cancels it and a
+  slow call is logged with the stack it awaits at. Its reply comes back to a
+  pool thread (``resume``), which sends it and serves the connection on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import logging
@@ -30,8 +36,12 @@ import socket
 import struct
 import threading
 import time
-from typing import TYPE_CHECKING, Final
+import traceback
+import types
+from typing import TYPE_CHECKING, Any, Final
 
+from . import aio, logs
+from .dispatch import Pending
 from .errors import CallAbandoned, FrameError
 from .frame import Frame, FrameDecoder, encode
 from .protocol import MessageType
@@ -72,7 +82,7 @@ class CallState(enum.Enum):
 class Connection:
     """An accepted APISIX connection, served by pool threads one call at a time."""
 
-    __slots__ = ("server", "sock", "decoder", "lock", "charged", "closed")
+    __slots__ = ("server", "sock", "decoder", "lock", "charged", "closed", "deferred", "resumed")
 
     def __init__(self, server: RunnerServer, sock: socket.socket) -> None:
         self.server = server
@@ -81,6 +91,8 @@ class Connection:
         self.lock = threading.Lock()  # held by a call's ExtraInfo question, its end, and close
         self.charged = 0  # bytes of this connection's frames counted in the budget
         self.closed = False
+        self.deferred = False  # a call of this connection runs on the event loop
+        self.resumed: tuple[bytes, bool] | None = None  # that call's reply, and whether to close after it
 
     # --- serving ------------------------------------------------------------
 
@@ -91,6 +103,15 @@ class Connection:
         dispatch = server.dispatcher.handle
         park = True
         try:
+            if self.resumed is not None:  # a call back from the event loop: its reply first
+                reply, close = self.resumed
+                self.resumed = None
+                self._release_charge()
+                self.sock.sendall(reply)
+                if close or server.closing:
+                    self.close()
+                    return
+                park = pool.may_park()
             while True:
                 received = self.read_frame(park=park)
                 if received is RELEASED:
@@ -103,13 +124,17 @@ class Connection:
                 call = Call(self, server.call_timeout)
                 worker.call = call
                 try:
-                    reply = dispatch(received.type, received.payload, call)
+                    result = dispatch(received.type, received.payload, call)
                 except BaseException:
                     call.finish()
                     raise
                 finally:
                     worker.call = None
                 del received
+                if isinstance(result, Pending):
+                    self._defer(call, result)
+                    return
+                reply = result
                 if not call.finish():
                     self.close()  # the watchdog answered it (or APISIX left): nothing more to send
                     return
@@ -128,6 +153,70 @@ class Connection:
         except OSError as e:  # ConnectionError, a send timeout, a socket the watchdog closed
             log.debug("connection lost: %s", e)
         self.close()
+
+    # --- calls on the event loop ------------------------------------------------
+
+    def _defer(self, call: Call, pending: Pending) -> None:
+        self.deferred = True
+        self.sock.setblocking(False)
+        aio.submit(self._await(call, pending))
+
+    async def _await(self, call: Call, pending: Pending) -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        now = time.monotonic()
+        expire = loop.call_later(max(0.0, call.deadline - now), self._expire, call, task)
+        slow = loop.call_later(max(0.0, call.started + self.server.config.slow_call - now), _slow, call, task)
+        reply: bytes | None = None
+        try:
+            reply = await pending.coroutine
+        except asyncio.CancelledError:
+            pass  # the deadline: ``_expire`` has answered
+        except CallAbandoned as e:
+            log.debug("call abandoned: %s", e)
+        except OverBudget:
+            self.server.over_budget(self)
+        except BaseException:  # the dispatcher turns errors into replies: this is the runner's own fault
+            log.exception("unexpected error in an async call")
+        finally:
+            expire.cancel()
+            slow.cancel()
+        if call.finish():
+            if reply is not None:
+                self._resume(reply, close=False)
+            else:
+                self.close()
+
+    def _expire(self, call: Call, task: asyncio.Task[None]) -> None:
+        if call.expire_async():
+            _report(call, task, logging.ERROR, "timed out", "replied 503 and closed the connection")
+            self._resume(self.server.timeout_reply, close=True)
+            task.cancel()
+
+    def _resume(self, reply: bytes, close: bool) -> None:
+        """Hand a deferred call's reply to a pool thread, which sends it and serves the connection on."""
+        with contextlib.suppress(OSError):
+            self.sock.setblocking(True)
+        self.deferred = False
+        self.resumed = (reply, close)
+        self.server.pool.submit(self)
+
+    async def read_frame_async(self) -> Frame | None:
+        """``read_frame`` inside a deferred call: the next whole frame, ``None`` at EOF."""
+        loop = asyncio.get_running_loop()
+        decoder = self.decoder
+        while (received := decoder.next_frame()) is None:
+            data = await loop.sock_recv(self.sock, RECV_SIZE)
+            if not data:
+                if decoder.pending:
+                    raise FrameError(f"connection closed inside a frame ({decoder.pending} bytes buffered)")
+                return None
+            if not decoder.pending and (whole := decoder.whole_frame(data)) is not None:
+                return whole
+            self._charge(len(data))
+            decoder.feed(data)
+        return received
 
     def read_frame(self, park: bool = False, waiting: bool = True) -> Frame | _Released | None:
         """The next whole frame; ``None`` at a clean EOF; ``FrameError`` at EOF inside a frame.
@@ -201,7 +290,9 @@ class Call:
     dispatcher as it learns them, for the watchdog's log lines.
     """
 
-    __slots__ = ("conn", "started", "deadline", "plugin", "request_id", "conf_token", "state", "slow_logged")
+    __slots__ = (
+        "conn", "started", "deadline", "plugin", "request_id", "conf_token", "state", "slow_logged", "stuck", "_alock",
+    )  # fmt: skip
 
     def __init__(self, conn: Connection, timeout: float) -> None:
         self.conn = conn
@@ -212,6 +303,8 @@ class Call:
         self.conf_token = 0
         self.state = CallState.RUNNING
         self.slow_logged = False
+        self.stuck = False  # counted in StuckCalls (a thread the watchdog gave up on)
+        self._alock: asyncio.Lock | None = None
 
     def ask(self, question: bytes) -> bytes | bytearray:
         """Ask APISIX one ExtraInfo question on the call's connection; return its answer's payload.
@@ -219,6 +312,8 @@ class Call:
         Questions go one at a time (a plugin may ask from several threads).
         """
         conn = self.conn
+        if conn.deferred:  # a sync plugin of an async chain, off the loop: the loop owns the socket
+            return aio.run(self.ask_async(question))
         with conn.lock:
             if self.state is CallState.DONE:
                 raise RuntimeError("this call has ended: ExtraInfo can only be asked while it is handled")
@@ -237,14 +332,43 @@ class Call:
                 raise CallAbandoned(f"APISIX answered an ExtraInfo question with {got}")
             return answer.payload
 
+    async def ask_async(self, question: bytes) -> bytes | bytearray:
+        """``ask`` inside a deferred call, on the event loop."""
+        conn = self.conn
+        if self._alock is None:
+            self._alock = asyncio.Lock()
+        async with self._alock:  # one question at a time, whichever task asks
+            if self.state is CallState.DONE:
+                raise RuntimeError("this call has ended: ExtraInfo can only be asked while it is handled")
+            if self.state is CallState.EXPIRED or conn.closed:
+                raise CallAbandoned("the call was given up")
+            try:
+                await asyncio.get_running_loop().sock_sendall(conn.sock, encode(MessageType.EXTRA_INFO, question))
+                answer = await conn.read_frame_async()
+            except (OSError, FrameError) as e:
+                raise CallAbandoned(f"connection lost while waiting for ExtraInfo: {e}") from None
+            if answer is None or answer.type != MessageType.EXTRA_INFO:
+                got = "EOF" if answer is None else f"a type-{answer.type} frame"
+                raise CallAbandoned(f"APISIX answered an ExtraInfo question with {got}")
+            return answer.payload
+
     def finish(self) -> bool:
         """End the call by its reply; ``False`` if it had already ended (expired)."""
         with self.conn.lock:
             if self.state is CallState.RUNNING:
                 self.state = CallState.DONE
                 return True
-        self.conn.server.stuck.leave(self.plugin)  # our thread is back from the plugin it was stuck in
+        if self.stuck:
+            self.conn.server.stuck.leave(self.plugin)  # our thread is back from the plugin it was stuck in
         return False
+
+    def expire_async(self) -> bool:
+        """End a deferred call at its deadline (its task is cancelled, no thread is stuck)."""
+        with self.conn.lock:
+            if self.state is not CallState.RUNNING:
+                return False
+            self.state = CallState.EXPIRED
+            return True
 
     def expire(self, reply: bytes) -> bool:
         """End the call at its deadline: send ``reply`` (an Err frame) if the socket
@@ -259,6 +383,7 @@ class Call:
             if self.state is not CallState.RUNNING:
                 return False
             self.state = CallState.EXPIRED
+            self.stuck = True
             conn.server.stuck.enter(self.plugin)
             if not conn.closed:
                 with contextlib.suppress(OSError):
@@ -269,3 +394,34 @@ class Call:
             conn.lock.release()
         conn.close()  # releases the descriptor now, not when the plugin returns
         return True
+
+
+def _slow(call: Call, task: asyncio.Task[None]) -> None:
+    if call.state is CallState.RUNNING:
+        _report(call, task, logging.WARNING, "is slow", "still awaiting")
+
+
+def _awaiting(task: asyncio.Task[None]) -> list[types.FrameType]:
+    """The frames of the coroutine chain ``task`` is suspended in, outermost first
+    (``Task.get_stack`` gives only the outermost one)."""
+    frames = []
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is not None:
+            frames.append(frame)
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return frames
+
+
+def _report(call: Call, task: asyncio.Task[None], level: int, what: str, outcome: str) -> None:
+    where = f"plugin {call.plugin!r}" if call.plugin else "the runner (no plugin running)"
+    stack = "".join(traceback.format_list(traceback.StackSummary.extract((f, f.f_lineno) for f in _awaiting(task))))
+    logs.log_with_stack(
+        log,
+        level,
+        "async call %s after %.1f s in %s: %s; where it awaits:",
+        (what, time.monotonic() - call.started, where, outcome),
+        stack or "(not started)",
+        {"plugin": call.plugin, "request_id": call.request_id, "conf_token": call.conf_token},
+    )

@@ -6,22 +6,21 @@ reply. It is the one place where errors become Err frames (type 0): every
 runner raises maps to SERVICE_UNAVAILABLE. Fail closed: no error ever becomes
 a reply that lets the request through.
 
-The caller passes each frame with its ``Call``: the call's line to APISIX for
-ExtraInfo questions (``call.ask``; ``CallAbandoned`` from it propagates so the
-caller sends nothing), where the dispatcher notes which plugin is running, for
-the watchdog. A plugin with too many calls stuck past their deadline fails its
-new calls fast (``StuckCalls``).
+The caller passes each frame with its ``Call`` (``phases.Call``): the call's
+line to APISIX for ExtraInfo questions (``CallAbandoned`` from it propagates
+so the caller sends nothing), and where the running plugin is noted for the
+watchdog. A call whose plugin chain has an async method is returned as
+``Pending``: the caller runs it on the event loop and sends what it gives.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
-from . import decode, encode, frame
+from . import aio, decode, encode, frame
 from .errors import (
     CallAbandoned,
     ConfUnusable,
@@ -31,31 +30,28 @@ from .errors import (
     RunnerError,
     TokenNotFound,
 )
-from .http import ExtraInfo, Request, Response
 from .logs import Throttle
 from .metrics import Metrics
-from .plugins import Plugin, PluginRegistry, call_filter, call_response_filter, has_filter, has_response_filter
-from .protocol import ErrCode, InfoKind, MessageType
+from .phases import (
+    Call,
+    Prepared,
+    prepared,
+    run_request_phase,
+    run_request_phase_async,
+    run_response_phase,
+    run_response_phase_async,
+)
+from .plugins import Plugin, PluginRegistry, is_async
+from .protocol import ErrCode, MessageType
 from .watchdog import StuckCalls
 
 log = logging.getLogger(__name__)
 
 
-class Call(Protocol):
-    """What the dispatcher needs of the call it handles (the server's ``connection.Call``)."""
-
-    plugin: str | None
-    request_id: int
-    conf_token: int
-
-    def ask(self, question: bytes) -> decode.Buffer:
-        """Send an ExtraInfo.Req payload on the call's connection; return the ExtraInfo.Resp payload."""
-        ...
-
-
 _PREPARE_CONF, _REQ_CALL, _RESP_CALL = (
     int(t) for t in (MessageType.PREPARE_CONF, MessageType.HTTP_REQ_CALL, MessageType.HTTP_RESP_CALL)
 )
+CONFIGURE_TIMEOUT = 10.0  # seconds an async configure may take (PrepareConf is waited for under APISIX's lock)
 _ERR_FRAMES = {code: frame.encode(MessageType.ERROR, encode.err(code)) for code in ErrCode}
 
 
@@ -69,33 +65,17 @@ _TYPE_NAMES = {
     t.value: t.name.lower() for t in (MessageType.PREPARE_CONF, MessageType.HTTP_REQ_CALL, MessageType.HTTP_RESP_CALL)
 }
 
-# Never passed to APISIX in a response's header list (Stop or response phase):
-# nginx frames the body itself, and a stale Content-Length with another body
-# breaks the response. APISIX applies Stop headers without an exclusion list.
-_HOP_BY_HOP = frozenset(
-    ("connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "content-length")
-)
-# APISIX silently ignores these in a Rewrite's resp_headers (protocol.md §5.3 step 4).
-_RESP_HEADERS_IGNORED = frozenset(
-    (
-        "connection", "content-length", "transfer-encoding", "location", "server", "www-authenticate",
-        "content-encoding", "content-type", "content-location", "content-language",
-    )
-)  # fmt: skip
-_warned_ignored: set[str] = set()
 
+class Pending:
+    """A call that goes on as a task on the event loop (its chain has an async method).
 
-class Prepared(NamedTuple):
-    """A route conf ready to run: its plugin instances in order, or why it cannot run.
-
-    It holds the registry its plugins came from, so that registry's modules stay
-    importable for as long as the token lives (see ``loader``).
+    ``coroutine`` gives the reply frame, errors already turned into Err frames.
     """
 
-    request_chain: tuple[tuple[str, Plugin], ...]
-    response_chain: tuple[tuple[str, Plugin], ...]
-    error: str | None = None
-    registry: PluginRegistry | None = None
+    __slots__ = ("coroutine",)
+
+    def __init__(self, coroutine: Coroutine[Any, Any, bytes]) -> None:
+        self.coroutine = coroutine
 
 
 def _unusable(reason: str) -> Prepared:
@@ -127,54 +107,80 @@ class Dispatcher:
         self.cache = cache
         self.metrics = metrics
         self.stuck = stuck or StuckCalls(16)
+        self._context = (metrics, self.stuck)  # what every phase gets after the call
 
     def reload(self, registry: PluginRegistry) -> None:
         """Use ``registry`` for PrepareConfs from now on; tokens already issued keep their plugins."""
         self.registry = registry
         self.cache.forget_keys()
 
-    def handle(self, type_: int, payload: decode.Buffer, call: Call) -> bytes:
-        """The reply frame for one request frame. Raises only ``CallAbandoned``."""
-        outcome = "ok"
+    def handle(self, type_: int, payload: decode.Buffer, call: Call) -> bytes | Pending:
+        """The reply frame for one request frame, or a ``Pending`` call for the event loop.
+
+        Raises only ``CallAbandoned``.
+        """
         try:
             if type_ == _REQ_CALL:  # (plain ints: an enum member costs a lookup, per call)
                 req = decode.req_call(payload)
                 call.request_id, call.conf_token = req.id, req.conf_token
-                phase = run_request_phase(self._lookup(req), req, call, self.metrics, self.stuck)
-                return frame.encode(_REQ_CALL, phase)
-            if type_ == _PREPARE_CONF:
-                return frame.encode(_PREPARE_CONF, self._prepare_conf(payload))
-            if type_ == _RESP_CALL:
+                prepared = self._lookup(req)
+                if prepared.async_request:
+                    return Pending(self._finish(run_request_phase_async(prepared, req, call, *self._context), type_))
+                reply = frame.encode(_REQ_CALL, run_request_phase(prepared, req, call, *self._context))
+            elif type_ == _PREPARE_CONF:
+                reply = frame.encode(_PREPARE_CONF, self._prepare_conf(payload))
+            elif type_ == _RESP_CALL:
                 resp = decode.resp_call(payload)
                 call.request_id, call.conf_token = resp.id, resp.conf_token
-                phase = run_response_phase(self._lookup(resp), resp, call, self.metrics, self.stuck)
-                return frame.encode(_RESP_CALL, phase)
-            raise DecodeError(f"unexpected message type {type_}")
-        except CallAbandoned:
-            outcome = "abandoned"
-            raise
-        except RunnerError as e:
-            outcome = e.code.name.lower()
-            if isinstance(e, PluginStuck):
-                _stuck_throttle.log(log, logging.ERROR, e.plugin, "%s", e)
-            elif isinstance(e, PluginError):
-                extra = {"plugin": e.plugin, "request_id": e.request_id, "conf_token": e.conf_token}
-                log.error("%s", e, exc_info=e.__cause__, extra=extra)
-            elif isinstance(e, (TokenNotFound, ConfUnusable)):
-                # Expected after a restart, or a bad conf logged once when it was prepared.
-                log.debug("%s", e)
+                prepared = self._lookup(resp)
+                if prepared.async_response:
+                    return Pending(self._finish(run_response_phase_async(prepared, resp, call, *self._context), type_))
+                reply = frame.encode(_RESP_CALL, run_response_phase(prepared, resp, call, *self._context))
             else:
-                log.warning("replying %s to a type-%d frame: %s", e.code.name, type_, e)
-            return _ERR_FRAMES[e.code]
-        except Exception:
-            outcome = "service_unavailable"
-            log.exception("internal error while handling a type-%d frame; replying SERVICE_UNAVAILABLE", type_)
-            return _ERR_FRAMES[ErrCode.SERVICE_UNAVAILABLE]
-        finally:
-            if self.metrics is not None:
-                self.metrics.call(_TYPE_NAMES.get(type_, "other"), outcome)
+                raise DecodeError(f"unexpected message type {type_}")
+        except CallAbandoned:
+            self._count(type_, "abandoned")
+            raise
+        except Exception as e:
+            return self._failed(type_, e)
+        self._count(type_, "ok")
+        return reply
 
-    # --- PrepareConf -------------------------------------------------------
+    async def _finish(self, phase: Coroutine[Any, Any, bytes], type_: int) -> bytes:
+        """A pending call's reply frame (the same rules as ``handle``)."""
+        try:
+            reply = frame.encode(type_, await phase)
+        except CallAbandoned:
+            self._count(type_, "abandoned")
+            raise
+        except Exception as e:
+            return self._failed(type_, e)
+        self._count(type_, "ok")
+        return reply
+
+    def _failed(self, type_: int, error: Exception) -> bytes:
+        """The one place an error becomes an Err frame, with its log line and metric."""
+        if isinstance(error, RunnerError):
+            if isinstance(error, PluginStuck):
+                _stuck_throttle.log(log, logging.ERROR, error.plugin, "%s", error)
+            elif isinstance(error, PluginError):
+                extra = {"plugin": error.plugin, "request_id": error.request_id, "conf_token": error.conf_token}
+                log.error("%s", error, exc_info=error.__cause__, extra=extra)
+            elif isinstance(error, (TokenNotFound, ConfUnusable)):
+                # Expected after a restart, or a bad conf logged once when it was prepared.
+                log.debug("%s", error)
+            else:
+                log.warning("replying %s to a type-%d frame: %s", error.code.name, type_, error)
+            code = error.code
+        else:
+            log.exception("internal error while handling a type-%d frame; replying SERVICE_UNAVAILABLE", type_)
+            code = ErrCode.SERVICE_UNAVAILABLE
+        self._count(type_, code.name.lower())
+        return _ERR_FRAMES[code]
+
+    def _count(self, type_: int, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.call(_TYPE_NAMES.get(type_, "other"), outcome)
 
     def _prepare_conf(self, payload: decode.Buffer) -> bytes:
         req = decode.prepare_conf(payload)
@@ -217,16 +223,14 @@ class Dispatcher:
                 plugin = cls()
                 plugin.config = config
                 converted = plugin.configure(config)
+                if is_async(cls.configure):
+                    converted = aio.run(converted, CONFIGURE_TIMEOUT)
                 if converted is not None:
                     plugin.config = converted
             except BaseException as e:  # whatever a plugin raises fails its conf, not the runner
                 return _unusable(f"plugin {name!r} rejected its conf: {type(e).__name__}: {e}")
             chain.append((name, plugin))
-        return Prepared(
-            tuple(p for p in chain if has_filter(p[1])),
-            tuple(p for p in chain if has_response_filter(p[1])),
-            registry=registry,
-        )
+        return prepared(chain, registry)
 
     def _lookup(self, call: decode.ReqCall | decode.RespCall) -> Prepared:
         prepared = self.cache.get(call.conf_token)
@@ -236,128 +240,3 @@ class Dispatcher:
 
 
 _stuck_throttle = Throttle(1.0)
-
-
-def _run(
-    name: str,
-    what: str,
-    req: decode.ReqCall | decode.RespCall,
-    call: Call,
-    metrics: Metrics | None,
-    stuck: StuckCalls | None,
-    fn: Callable[..., object],
-    *args: object,
-) -> object:
-    """Call one plugin method; whatever it raises becomes ``PluginError`` (except ``CallAbandoned``)."""
-    if stuck is not None and stuck.over(name):
-        raise PluginStuck(name, stuck.limit)
-    started = time.perf_counter() if metrics is not None else 0.0
-    failed = True
-    call.plugin = name
-    try:
-        result = fn(*args)
-        failed = False
-        return result
-    except (CallAbandoned, DecodeError):
-        # Not the plugin's fault: APISIX closed the connection, or sent bytes
-        # (headers decoded on first use, an ExtraInfo answer) that do not decode.
-        failed = False
-        raise
-    except BaseException as e:  # a plugin's sys.exit() or KeyboardInterrupt ends its call, not the process
-        message = f"plugin {name!r} raised {type(e).__name__} in {what}: {e}"
-        raise PluginError(name, message, req.id, req.conf_token) from e
-    finally:
-        call.plugin = None
-        if metrics is not None:
-            metrics.plugin(name, time.perf_counter() - started, failed)
-
-
-def run_request_phase(
-    prepared: Prepared,
-    req: decode.ReqCall,
-    call: Call,
-    metrics: Metrics | None = None,
-    stuck: StuckCalls | None = None,
-) -> bytes:
-    """Run the request-phase chain; the HTTPReqCall.Resp payload. Plugin failures raise ``PluginError``."""
-    if not prepared.request_chain:
-        return encode.no_action(req.id)
-    extra = ExtraInfo(_asker(call, metrics))
-    request = Request(req.id, req.method, lambda: req.path, lambda: req.src_ip, req.headers, req.args, extra)
-    response = Response(200, (), extra)
-    for name, plugin in prepared.request_chain:
-        if _run(name, "filter", req, call, metrics, stuck, call_filter, plugin, request, response):
-            headers = [(n, v) for n, v in response.headers.items() if n.lower() not in _HOP_BY_HOP]
-            return encode.stop(req.id, response.status_code, headers, response.body_for_client)
-    return _rewrite(req, request, response)
-
-
-def run_response_phase(
-    prepared: Prepared,
-    resp: decode.RespCall,
-    call: Call,
-    metrics: Metrics | None = None,
-    stuck: StuckCalls | None = None,
-) -> bytes:
-    """Run the response-phase chain; the HTTPRespCall.Resp payload. Plugin failures raise ``PluginError``."""
-    response = Response(resp.status, lambda: resp.headers, ExtraInfo(_asker(call, metrics)), upstream=True)
-    for name, plugin in prepared.response_chain:
-        _run(name, "response_filter", resp, call, metrics, stuck, call_response_filter, plugin, response)
-    # Always the full header list: an empty one makes APISIX copy the
-    # upstream's headers (minus Content-Type and friends) instead.
-    headers: list[tuple[str, str | None]] = [
-        (n, v) for n, v in response.headers.items() if n.lower() not in _HOP_BY_HOP
-    ]
-    # Headers the plugins removed also get a deletion entry, so that removing
-    # the last one cannot turn into "copy every upstream header".
-    headers += [(n, None) for n, values in response.headers.changes() if values is None]
-    status = response.status_code if response.status_code != resp.status else 0
-    return encode.resp_call(resp.id, status, headers, response.body_for_client)
-
-
-def _ignored_by_apisix(name: str) -> bool:
-    if name.lower() not in _RESP_HEADERS_IGNORED:
-        return False
-    if name.lower() not in _warned_ignored:  # once per name: a plugin bug, not per-request news
-        _warned_ignored.add(name.lower())
-        log.warning(
-            "not sending response header %s with a Rewrite: APISIX ignores it there "
-            "(set it in a Stop or in the response phase instead)",
-            name,
-        )
-    return True
-
-
-def _asker(call: Call, metrics: Metrics | None) -> Callable[[InfoKind, str], bytes | None]:
-    def ask(kind: InfoKind, name: str) -> bytes | None:
-        if metrics is not None:
-            metrics.extra_info(kind.name.lower())
-        return decode.extra_info(call.ask(encode.extra_info(kind, name)))
-
-    return ask
-
-
-def _rewrite(req: decode.ReqCall, request: Request, response: Response) -> bytes:
-    """Only what the plugins changed, so untouched (and repeated) headers stay as they were."""
-    path, header_changes, arg_changes = request.changes()
-    # APISIX *sets* each request header entry (last one wins), so several
-    # values travel as one list value.
-    headers: list[tuple[str, str | None]] = [
-        (name, values if values is None else values[0] if len(values) == 1 else _joined(name, values))
-        for name, values in header_changes
-    ]
-    # APISIX: first entry of a name replaces its values, later ones append.
-    args: list[tuple[str, str | None]] = [
-        (name, value) for name, values in arg_changes for value in ((None,) if values is None else values)
-    ]
-    resp_headers = (
-        [(n, v) for n, v in response.headers.items() if not _ignored_by_apisix(n)] if response.headers else []
-    )
-    body = request.body_for_upstream
-    if path is None and not headers and not args and not resp_headers and not body:
-        return encode.no_action(req.id)
-    return encode.rewrite(req.id, path=path, headers=headers, args=args, resp_headers=resp_headers, body=body or None)
-
-
-def _joined(name: str, values: list[str]) -> str:
-    return ("; " if name.lower() == "cookie" else ", ").join(values)

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+from . import aio
 from .frame import MAX_PAYLOAD
 from .headers import UNENCODABLE, Args, Headers, Load, Pairs, refuse_character
 from .protocol import InfoKind
@@ -48,13 +49,21 @@ class ExtraInfo:
     """One call's ExtraInfo answers: each ``(kind, name)`` is asked of APISIX at most once.
 
     ``ask(kind, name)`` returns APISIX's answer, ``None`` when it sent no
-    result. The request and the response of one call share one.
+    result; ``fetch`` is the same for async plugins (``ask_async`` does the
+    round trip on the event loop). The request and the response of one call
+    share one. A blocking ``ask`` on the event loop would stall every async
+    call of the process, so it is refused there.
     """
 
-    __slots__ = ("_ask", "_answers")
+    __slots__ = ("_ask", "_ask_async", "_answers")
 
-    def __init__(self, ask: Callable[[InfoKind, str], bytes | None] | None = None) -> None:
+    def __init__(
+        self,
+        ask: Callable[[InfoKind, str], bytes | None] | None = None,
+        ask_async: Callable[[InfoKind, str], Awaitable[bytes | None]] | None = None,
+    ) -> None:
         self._ask = ask
+        self._ask_async = ask_async
         self._answers: dict[tuple[InfoKind, str], bytes | None] | None = None  # most calls ask nothing
 
     def ask(self, kind: InfoKind, name: str = "") -> bytes | None:
@@ -63,13 +72,37 @@ class ExtraInfo:
         if answers is None:
             answers = self._answers = {}
         if key not in answers:
+            if self._ask is not None and aio.on_loop():
+                what = "request.var()" if kind is InfoKind.VAR else "the body"
+                raise RuntimeError(
+                    f"{what} waits for APISIX and would block the event loop: in an async plugin, "
+                    "use await request.fetch_var(name), await request.fetch_body() or await response.fetch_body()"
+                )
             answers[key] = self._ask(kind, name) if self._ask is not None else None
+        return answers[key]
+
+    async def fetch(self, kind: InfoKind, name: str = "") -> bytes | None:
+        key = (kind, name)
+        answers = self._answers
+        if answers is None:
+            answers = self._answers = {}
+        if key not in answers:
+            if self._ask_async is not None:
+                answers[key] = await self._ask_async(kind, name)
+            else:  # not on the event loop's side of a call (the kit, a plain Request): the blocking form
+                answers[key] = self._ask(kind, name) if self._ask is not None else None
         return answers[key]
 
     def var(self, name: str) -> str | None:
         """An nginx/APISIX variable as text; ``None`` when APISIX has no value for it."""
-        raw = self.ask(InfoKind.VAR, name)
-        return None if raw is None else raw.decode("utf-8", "surrogateescape")
+        return _text(self.ask(InfoKind.VAR, name))
+
+    async def fetch_var(self, name: str) -> str | None:
+        return _text(await self.fetch(InfoKind.VAR, name))
+
+
+def _text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode("utf-8", "surrogateescape")
 
 
 def _checked_path(value: object) -> str:
@@ -235,12 +268,22 @@ class Request:
         """The body a plugin assigned, which replaces the one sent upstream; ``None`` if none was assigned."""
         return self._new_body
 
+    async def fetch_body(self) -> bytes | str:
+        """``body`` for async plugins: asks APISIX without blocking the event loop."""
+        if self._body is None:
+            self._body = await self._extra.fetch(InfoKind.REQ_BODY) or b""
+        return self._body
+
     def var(self, name: str) -> str | None:
         """An nginx/APISIX variable (``host``, ``remote_addr``, ``route_id``, ``cookie_x``...).
 
         ``None`` when APISIX has no value for it, ``""`` when it is empty.
         """
         return self._extra.var(name)
+
+    async def fetch_var(self, name: str) -> str | None:
+        """``var`` for async plugins: asks APISIX without blocking the event loop."""
+        return await self._extra.fetch_var(name)
 
     def __repr__(self) -> str:
         return f"<Request id={self.id} {self.method} {self.path!r}>"
@@ -319,9 +362,19 @@ class Response:
         """
         return self._new_body
 
+    async def fetch_body(self) -> bytes | str | None:
+        """``body`` for async plugins: asks APISIX without blocking the event loop."""
+        if self._body is None and self._upstream:
+            self._body = await self._extra.fetch(InfoKind.RESP_BODY) or b""
+        return self._body
+
     def var(self, name: str) -> str | None:
         """An nginx/APISIX variable, as ``Request.var``."""
         return self._extra.var(name)
+
+    async def fetch_var(self, name: str) -> str | None:
+        """``var`` for async plugins, as ``Request.fetch_var``."""
+        return await self._extra.fetch_var(name)
 
     def __repr__(self) -> str:
         return f"<Response {self._status}>"

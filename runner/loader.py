@@ -17,6 +17,10 @@ Rules:
   Plugin files share code through ``_*.py`` helpers with relative imports.
   Any exception an import raises, ``SystemExit`` and ``KeyboardInterrupt``
   included, is a ``PluginLoadError`` naming the file.
+* Each load runs the ``startup`` hooks of its classes once they are all
+  registered (a hook that raises fails the load like an import error), and
+  their ``shutdown`` hooks when its registry is garbage-collected, or at
+  SIGTERM (``shutdown_all``).
 * Each load reads every ``*.py`` file of the directory (and of its packages)
   once, into a snapshot, and is a new package whose imports execute those
   bytes, at load time or later: a reload re-executes the files, and a plugin
@@ -38,12 +42,15 @@ import logging
 import os
 import stat
 import sys
+import time
 import types
 import weakref
 from pathlib import Path
+from typing import Any
 
+from . import aio
 from .errors import PluginLoadError
-from .plugins import Plugin, PluginRegistry
+from .plugins import Plugin, PluginRegistry, is_async, plugin_name
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +151,14 @@ def load_plugins(directory: str | Path, allow_insecure: bool = False) -> PluginR
         for name, (path, _, is_package) in snapshot.files.items():
             if name.count(".") == 1 and not is_package and not path.name.startswith("_"):
                 _load_module(registry, name, path)
+        if any(is_async(getattr(cls, m, None)) for cls in registry.classes() for m in _ASYNC_METHODS):
+            aio.loop()  # started with the first async plugin, not at its first call
+        _run_hooks(registry, "startup")
     except BaseException:
         _unload(package)
         raise
+    if _hooked(registry, "shutdown"):
+        _live.append(weakref.finalize(registry, _finalize_hooks, _hooked(registry, "shutdown")))
     return registry
 
 
@@ -162,6 +174,65 @@ def _load_module(registry: PluginRegistry, name: str, path: Path) -> None:
 
     for cls in compat.plugins_in(module, str(path)):  # plugins written for the official runner
         registry.register(cls, str(path))
+
+
+_ASYNC_METHODS = ("filter", "response_filter", "configure", "startup", "shutdown")
+HOOK_TIMEOUT = 10.0  # seconds a startup or shutdown hook may take
+_live: list[weakref.finalize[Any, Any]] = []  # loads whose shutdown hooks have not run yet
+
+
+def _hooked(registry: PluginRegistry, hook: str) -> list[type[Plugin]]:
+    return [cls for cls in registry.classes() if callable(getattr(cls, hook, None))]
+
+
+def _run_hooks(registry: PluginRegistry, hook: str) -> None:
+    for cls in _hooked(registry, hook):
+        try:
+            _call_hook(cls, hook)
+        except BaseException as e:
+            path = registry.file_of(plugin_name(cls))
+            raise PluginLoadError(path, f"{cls.__name__}.{hook}() failed: {type(e).__name__}: {e}") from e
+
+
+def _call_hook(cls: type[Plugin], hook: str) -> None:
+    method = getattr(cls, hook)
+    if is_async(method):
+        aio.run(method(), HOOK_TIMEOUT)
+    else:
+        method()
+
+
+def _finalize_hooks(classes: list[type[Plugin]]) -> None:
+    """The ``shutdown`` hooks of a load nobody uses any more (async ones are not waited for)."""
+    for cls in classes:
+        method = cls.shutdown  # type: ignore[attr-defined]
+        try:
+            if is_async(method):
+                aio.submit(method())
+            else:
+                method()
+        except BaseException:
+            log.exception("%s.shutdown() failed", cls.__name__)
+
+
+def shutdown_all(timeout: float) -> None:
+    """SIGTERM: every live load's ``shutdown`` hooks, all within ``timeout`` (the rest is abandoned)."""
+    deadline = time.monotonic() + timeout
+    while _live:
+        detached = _live.pop().detach()
+        if detached is None:
+            continue
+        for cls in detached[2][0]:
+            left = deadline - time.monotonic()
+            try:
+                if is_async(cls.shutdown):
+                    aio.run(cls.shutdown(), max(0.0, left))
+                elif left > 0:
+                    cls.shutdown()
+            except TimeoutError:
+                log.warning("%s.shutdown() did not finish in time: exiting without it", cls.__name__)
+            except BaseException:
+                log.exception("%s.shutdown() failed", cls.__name__)
 
 
 def _unload(package: str) -> None:

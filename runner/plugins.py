@@ -6,16 +6,27 @@ found at start-up (or at a reload) and named with its file, never when a
 request arrives.
 
 A plugin instance belongs to one (conf token, conf entry) and may serve many
-calls at once on different threads. So ``stop()``/``rewrite()`` record the
-decision for the *current call* in thread-local state, never on the instance.
+calls at once on different threads, or as different tasks of the event loop.
+So ``stop()``/``rewrite()`` record the decision for the *current call*, never
+on the instance: in thread-local state for sync plugins, in a context variable
+(one per task) for async ones.
+
+Plugin methods may be coroutine functions (``async def filter``, also
+``response_filter`` and ``configure``); such a plugin's calls run on the event
+loop (``aio``). A class may also define ``startup``/``shutdown`` class methods
+(sync or async) for clients it keeps across calls: ``startup`` runs when its
+file is loaded (start-up or reload), ``shutdown`` when no live conf token uses
+that load any more, and at SIGTERM.
 """
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import threading
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, cast
 
 from .errors import PluginLoadError
 from .http import Request, Response
@@ -23,6 +34,8 @@ from .http import Request, Response
 log = logging.getLogger(__name__)
 
 _decision = threading.local()
+# An async plugin's decision: a one-item list while its call runs in a task.
+_task_decision: contextvars.ContextVar[list[object] | None] = contextvars.ContextVar("decision", default=None)
 
 
 class Plugin:
@@ -77,7 +90,8 @@ _IN_RESPONSE_PHASE = "response"
 
 
 def _decide(stop: bool) -> None:
-    current = getattr(_decision, "stop", None)
+    in_task = _task_decision.get()
+    current = in_task[0] if in_task is not None else getattr(_decision, "stop", None)
     if current is None:
         # From another thread the call it belongs to is unknowable; failing
         # loudly beats a stop() that silently lets the request through.
@@ -87,7 +101,10 @@ def _decide(stop: bool) -> None:
             "stop()/rewrite() have no meaning in response_filter(): the upstream has answered; "
             "change response.status_code, headers or body instead"
         )
-    _decision.stop = stop
+    if in_task is not None:
+        in_task[0] = stop
+    else:
+        _decision.stop = stop
 
 
 def call_filter(plugin: Plugin, request: Request, response: Response) -> bool:
@@ -106,6 +123,29 @@ def call_response_filter(plugin: Plugin, response: Response) -> None:
         plugin.response_filter(response)
     finally:
         _decision.stop = None
+
+
+async def call_filter_async(plugin: Plugin, request: Request, response: Response) -> bool:
+    """Await ``plugin.filter`` (a coroutine function) and return whether it asked to stop."""
+    holder: list[object] = [False]
+    token = _task_decision.set(holder)
+    try:
+        await cast(Awaitable[None], plugin.filter(request, response))
+        return bool(holder[0])
+    finally:
+        _task_decision.reset(token)
+
+
+async def call_response_filter_async(plugin: Plugin, response: Response) -> None:
+    token = _task_decision.set([_IN_RESPONSE_PHASE])
+    try:
+        await cast(Awaitable[None], plugin.response_filter(response))
+    finally:
+        _task_decision.reset(token)
+
+
+def is_async(method: object) -> bool:
+    return inspect.iscoroutinefunction(method)
 
 
 def has_filter(plugin: Plugin) -> bool:
@@ -146,10 +186,10 @@ class PluginRegistry:
             )
         if cls.filter is Plugin.filter and cls.response_filter is Plugin.response_filter:
             raise PluginLoadError(path, f"{cls.__name__} defines neither filter() nor response_filter()")
-        for method in ("filter", "response_filter", "configure"):
-            if inspect.iscoroutinefunction(getattr(cls, method)) or inspect.isasyncgenfunction(getattr(cls, method)):
-                # Never awaited, it would do nothing and let every request through.
-                raise PluginLoadError(path, f"{cls.__name__}.{method} must be a plain function, not async")
+        for method in ("filter", "response_filter", "configure", "startup", "shutdown"):
+            if inspect.isasyncgenfunction(getattr(cls, method, None)):
+                # Iterated by nobody, it would do nothing and let every request through.
+                raise PluginLoadError(path, f"{cls.__name__}.{method} must be a function or a coroutine function")
         self._classes[name] = cls
         self._files[name] = path
         return name
@@ -164,6 +204,9 @@ class PluginRegistry:
 
     def file_of(self, name: str) -> str:
         return self._files[name.lower()]
+
+    def classes(self) -> list[type[Plugin]]:
+        return [self._classes[name] for name in sorted(self._classes)]
 
     def names(self) -> list[str]:
         return sorted(self._classes)

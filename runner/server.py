@@ -37,10 +37,11 @@ import time
 from . import sockets, tuning
 from .config import Config
 from .connection import Connection, timeval
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, err_frame
 from .errors import ConfigError
 from .logs import Throttle
 from .pool import Worker, WorkerPool
+from .protocol import ErrCode
 from .shares import DEFER, Shares
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
         self.dispatcher = dispatcher
         self.stuck = dispatcher.stuck
         self.call_timeout = config.call_timeout
+        self.timeout_reply = err_frame(ErrCode.SERVICE_UNAVAILABLE)  # a call past its deadline
         self.budget = Budget(config.memory_budget)
         self.pool: WorkerPool[Connection] = WorkerPool(config.threads, Connection.serve)
         self.peers = sockets.PeerCheck(config.allowed_uids, config.allowed_gids)

@@ -30,8 +30,8 @@ from typing import Any
 from .cache import ConfCache
 from .channel import Requests
 from .config import Config
-from .dispatch import Prepared
 from .errors import TokenNotFound
+from .phases import Prepared
 
 #: A route conf as it travels between processes: ``[[name, value], ...]``.
 Conf = list[tuple[str, str]]

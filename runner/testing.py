@@ -35,11 +35,18 @@ from A6.PrepareConf.Resp import Resp as PrepareConfResp
 from A6.TextEntry import TextEntry as TextEntryTable
 from flatbuffers.table import Table
 
-from . import decode, frame
+from . import aio, decode, frame
 from .cache import ConfCache
-from .dispatch import Dispatcher, Prepared, run_request_phase, run_response_phase
+from .dispatch import Dispatcher
 from .errors import RunnerError
 from .frame import HEADER_LEN, MAX_PAYLOAD
+from .phases import (
+    Prepared,
+    run_request_phase,
+    run_request_phase_async,
+    run_response_phase,
+    run_response_phase_async,
+)
 from .plugins import Plugin, PluginRegistry, plugin_name
 from .protocol import (
     METHODS,
@@ -462,6 +469,9 @@ class _KitCall:
     def ask(self, question: bytes) -> bytes:
         return answer_extra_info(question, *self._answer)
 
+    async def ask_async(self, question: bytes) -> bytes:
+        return self.ask(question)
+
 
 def _pairs(items: HeaderInput, lower: bool = False) -> list[tuple[str, str | None]]:
     pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
@@ -504,7 +514,11 @@ def run_filter(
     asked: list[tuple[str, str]] = []
     bodies: dict[int, bytes | None] = {InfoKind.REQ_BODY: body}
 
-    out = run_request_phase(prepared, decode.req_call(payload), _KitCall(vars or {}, bodies, asked))
+    req, call = decode.req_call(payload), _KitCall(vars or {}, bodies, asked)
+    if prepared.async_request:
+        out = aio.run(run_request_phase_async(prepared, req, call))
+    else:
+        out = run_request_phase(prepared, req, call)
     frame.encode(MessageType.HTTP_REQ_CALL, out)  # raises if APISIX could not receive it
     reply = decode_req_call_reply(out)
     reply.asked = asked
@@ -533,7 +547,11 @@ def run_response_filter(
     asked: list[tuple[str, str]] = []
     bodies: dict[int, bytes | None] = {InfoKind.REQ_BODY: request_body, InfoKind.RESP_BODY: body}
 
-    out = run_response_phase(prepared, decode.resp_call(payload), _KitCall(vars or {}, bodies, asked))
+    resp, call = decode.resp_call(payload), _KitCall(vars or {}, bodies, asked)
+    if prepared.async_response:
+        out = aio.run(run_response_phase_async(prepared, resp, call))
+    else:
+        out = run_response_phase(prepared, resp, call)
     frame.encode(MessageType.HTTP_RESP_CALL, out)
     reply = decode_resp_call_reply(out)
     reply.asked = asked

@@ -28,9 +28,9 @@ from typing import Any
 from . import tuning
 from .channel import Channel, ChannelClosed, Message, Requests
 from .config import Config
-from .dispatch import Prepared
 from .errors import RunnerError
 from .lifecycle import Runner, load_in_background
+from .phases import Prepared
 from .plugins import PluginRegistry
 from .shared import Conf, SharedTokens
 from .shares import Shares

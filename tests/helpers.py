@@ -72,6 +72,10 @@ def status_kib(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
+#: Threads a runner process has besides its pool: main, selector, watchdog, control, event loop.
+RUNNER_THREADS = 5
+
+
 def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 

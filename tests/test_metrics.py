@@ -6,7 +6,7 @@ import socket
 import urllib.request
 
 import pytest
-from helpers import TEST_PLUGINS, cli, thread_count, wait_for
+from helpers import RUNNER_THREADS, TEST_PLUGINS, cli, thread_count, wait_for
 
 from runner.testing import RunnerProcess
 
@@ -71,8 +71,9 @@ def test_idle_scrapers_cannot_hold_the_endpoint_or_its_threads() -> None:
         assert proc.proc is not None
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]  # connect, send nothing
         try:
-            wait_for(lambda: thread_count(proc.proc.pid) >= 2 + 4, "the endpoint to take its slots")  # type: ignore[union-attr]
-            assert thread_count(proc.proc.pid) <= 2 + 4 + 4 + 1  # pool, runner threads, endpoint slots, endpoint
+            full = 2 + RUNNER_THREADS + 1 + 4  # pool, runner threads, the endpoint, its 4 client slots
+            wait_for(lambda: thread_count(proc.proc.pid) >= full, "the endpoint to take its slots")  # type: ignore[union-attr]
+            assert thread_count(proc.proc.pid) <= full  # the other 16 silent clients got no thread
             # The silent clients' slots free up at their timeout: a scrape gets through then at the latest.
             wait_for(lambda: _scrapes(port), "a scrape to get through", timeout=20)
         finally:

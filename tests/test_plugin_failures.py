@@ -92,11 +92,11 @@ def test_deeply_nested_json_conf_is_a_rejected_conf_not_a_crash() -> None:
     assert prepared.error is not None and "RecursionError" in prepared.error
 
 
-def test_async_filter_is_refused_at_load_time() -> None:
-    async def filter(self: Plugin, request: Any, response: Any) -> None:
-        self.stop()
+def test_async_generator_filter_is_refused_at_load_time() -> None:
+    async def filter(self: Plugin, request: Any, response: Any) -> Any:
+        yield  # iterated by nobody, it would let every request through
 
-    with pytest.raises(PluginLoadError, match="must be a plain function"):
+    with pytest.raises(PluginLoadError, match="must be a function or a coroutine function"):
         PluginRegistry().register(plugin(filter))
 
 

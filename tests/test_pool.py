@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from helpers import TEST_PLUGINS, act, run_in_threads, thread_count, wait_for
+from helpers import RUNNER_THREADS, TEST_PLUGINS, act, run_in_threads, thread_count, wait_for
 
 from runner.testing import RunnerProcess, req_call_req
 
@@ -17,8 +17,7 @@ def test_idle_connections_hold_no_thread_and_are_all_answered_later() -> None:
             token = clients[0].prepare_conf(act(set_headers={"X-A": "1"}))
             for c in clients:  # every connection has been served once, then went idle
                 assert c.http_req_call(token).rewritten
-            # 4 pool threads, plus the main, selector (accept), watchdog and plugin-loading ones.
-            assert thread_count(proc.proc.pid) <= 4 + 4
+            assert thread_count(proc.proc.pid) <= 4 + RUNNER_THREADS
             for c in clients:
                 assert c.http_req_call(token).headers == [("X-A", "1")]
         finally:
@@ -77,8 +76,8 @@ def test_threads_stay_bounded_while_many_calls_sleep_in_plugins() -> None:
                 peak[0] = max(peak[0], thread_count(pid))
 
         run_in_threads(one, [(i,) for i in range(30)])
-        assert peak[0] <= 3 + 4
-        wait_for(lambda: thread_count(pid) <= 3 + 4, "threads to settle")
+        assert peak[0] <= 3 + RUNNER_THREADS
+        wait_for(lambda: thread_count(pid) <= 3 + RUNNER_THREADS, "threads to settle")
 
 
 def _req_call_frame(token: int) -> bytes:

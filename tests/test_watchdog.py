@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import urllib.request
 
-from helpers import TEST_PLUGINS, act, fd_count, thread_count, wait_for
+from helpers import RUNNER_THREADS, TEST_PLUGINS, act, fd_count, thread_count, wait_for
 
 from runner.errors import ErrCode
 from runner.testing import RunnerProcess
@@ -43,7 +43,7 @@ def test_stuck_calls_release_their_descriptors_and_cost_one_thread_each() -> Non
             with proc.client() as c:
                 assert c.http_req_call(token, id=i).err == ErrCode.SERVICE_UNAVAILABLE
         wait_for(lambda: fd_count(pid) <= fds_before, "the stuck calls' descriptors to be closed")
-        assert thread_count(pid) <= 2 + 4 + 5  # the pool, the runner's own threads, one per stuck call
+        assert thread_count(pid) <= 2 + RUNNER_THREADS + 5  # the pool, the runner's own threads, one per stuck call
 
 
 def test_a_plugin_with_too_many_stuck_calls_fails_fast() -> None:

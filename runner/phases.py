@@ -1,0 +1,341 @@
+"""Running a route's plugin chain for one call, and turning what the plugins did into a reply payload.
+
+Rules:
+
+* The request phase runs each plugin's ``filter`` in conf order; the first
+  ``stop()`` answers the client (Stop) and ends the chain; otherwise the
+  changes of all plugins go upstream as one Rewrite, carrying only what
+  changed, or "no action" when nothing did.
+* The response phase runs each ``response_filter`` in order; the reply always
+  carries the full header list the client should see (minus hop-by-hop
+  headers), with deletion entries for removed headers, the status only if it
+  changed and the body only if one was set.
+* Whatever a plugin raises becomes ``PluginError`` (any ``BaseException``:
+  a plugin's ``sys.exit()`` ends its call, not the process), except
+  ``CallAbandoned`` and ``DecodeError``, which are not the plugin's fault.
+* A chain with an async method runs as a coroutine (``run_*_async``) on the
+  event loop: async methods are awaited there, sync ones run off the loop
+  (``aio.sync_step``). The same rules and the same reply apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+from . import aio, decode, encode
+from .errors import CallAbandoned, DecodeError, PluginError, PluginStuck
+from .http import ExtraInfo, Request, Response
+from .metrics import Metrics
+from .plugins import (
+    Plugin,
+    PluginRegistry,
+    call_filter,
+    call_filter_async,
+    call_response_filter,
+    call_response_filter_async,
+    is_async,
+)
+from .protocol import InfoKind
+from .watchdog import StuckCalls
+
+log = logging.getLogger(__name__)
+
+
+class Call(Protocol):
+    """What the phases need of the call they run (the server's ``connection.Call``)."""
+
+    plugin: str | None
+    request_id: int
+    conf_token: int
+
+    def ask(self, question: bytes) -> decode.Buffer:
+        """Send an ExtraInfo.Req payload on the call's connection; return the ExtraInfo.Resp payload."""
+        ...
+
+    async def ask_async(self, question: bytes) -> decode.Buffer:
+        """``ask`` for code on the event loop."""
+        ...
+
+
+class Prepared(NamedTuple):
+    """A route conf ready to run: its plugin instances in order, or why it cannot run.
+
+    It holds the registry its plugins came from, so that registry's modules stay
+    importable for as long as the token lives (see ``loader``).
+    """
+
+    request_chain: tuple[tuple[str, Plugin], ...]
+    response_chain: tuple[tuple[str, Plugin], ...]
+    error: str | None = None
+    registry: PluginRegistry | None = None
+    async_request: bool = False  # the request chain has an async filter: it runs on the event loop
+    async_response: bool = False
+
+
+# Never passed to APISIX in a response's header list (Stop or response phase):
+# nginx frames the body itself, and a stale Content-Length with another body
+# breaks the response. APISIX applies Stop headers without an exclusion list.
+_HOP_BY_HOP = frozenset(
+    ("connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "content-length")
+)
+# APISIX silently ignores these in a Rewrite's resp_headers (docs/protocol.md, Rewrite).
+_RESP_HEADERS_IGNORED = frozenset(
+    (
+        "connection", "content-length", "transfer-encoding", "location", "server", "www-authenticate",
+        "content-encoding", "content-type", "content-location", "content-language",
+    )
+)  # fmt: skip
+_warned_ignored: set[str] = set()
+
+
+def prepared(chain: list[tuple[str, Plugin]], registry: PluginRegistry) -> Prepared:
+    request_chain = tuple(p for p in chain if type(p[1]).filter is not Plugin.filter)
+    response_chain = tuple(p for p in chain if type(p[1]).response_filter is not Plugin.response_filter)
+    return Prepared(
+        request_chain,
+        response_chain,
+        registry=registry,
+        async_request=any(is_async(type(p).filter) for _, p in request_chain),
+        async_response=any(is_async(type(p).response_filter) for _, p in response_chain),
+    )
+
+
+# --- one plugin method ------------------------------------------------------------
+
+
+def _run(
+    name: str,
+    what: str,
+    req: decode.ReqCall | decode.RespCall,
+    call: Call,
+    metrics: Metrics | None,
+    stuck: StuckCalls | None,
+    fn: Callable[..., Any],
+    *args: object,
+) -> Any:
+    """Call one plugin method, as the module docstring says."""
+    if stuck is not None and stuck.over(name):
+        raise PluginStuck(name, stuck.limit)
+    started = time.perf_counter() if metrics is not None else 0.0
+    failed = True
+    call.plugin = name
+    try:
+        result = fn(*args)
+        failed = False
+        return result
+    except (CallAbandoned, DecodeError):
+        # Not the plugin's fault: APISIX closed the connection, or sent bytes
+        # (headers decoded on first use, an ExtraInfo answer) that do not decode.
+        failed = False
+        raise
+    except BaseException as e:
+        raise _failure(name, what, req, e) from e
+    finally:
+        call.plugin = None
+        if metrics is not None:
+            metrics.plugin(name, time.perf_counter() - started, failed)
+
+
+def _failure(name: str, what: str, req: decode.ReqCall | decode.RespCall, error: BaseException) -> PluginError:
+    message = f"plugin {name!r} raised {type(error).__name__} in {what}: {error}"
+    return PluginError(name, message, req.id, req.conf_token)
+
+
+async def _run_async(
+    name: str,
+    what: str,
+    req: decode.ReqCall | decode.RespCall,
+    call: Call,
+    metrics: Metrics | None,
+    stuck: StuckCalls | None,
+    fn: Callable[..., Any],
+    *args: object,
+) -> Any:
+    """``_run`` on the event loop: ``fn`` is awaited, or (sync) run off the loop."""
+    if stuck is not None and stuck.over(name):
+        raise PluginStuck(name, stuck.limit)
+    started = time.perf_counter() if metrics is not None else 0.0
+    failed = True
+    call.plugin = name
+    try:
+        result = await (fn(*args) if is_async(fn) else aio.sync_step(fn, *args))
+        failed = False
+        return result
+    except (CallAbandoned, DecodeError):
+        failed = False
+        raise
+    except asyncio.CancelledError as e:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            failed = False
+            raise  # the call's deadline: the connection answers for it
+        raise _failure(name, what, req, e) from e
+    except BaseException as e:
+        raise _failure(name, what, req, e) from e
+    finally:
+        call.plugin = None
+        if metrics is not None:
+            metrics.plugin(name, time.perf_counter() - started, failed)
+
+
+# --- the request phase --------------------------------------------------------------
+
+
+def _request_objects(
+    req: decode.ReqCall, call: Call, metrics: Metrics | None, on_loop: bool = False
+) -> tuple[Request, Response]:
+    extra = ExtraInfo(_asker(call, metrics), _async_asker(call, metrics) if on_loop else None)
+    request = Request(req.id, req.method, lambda: req.path, lambda: req.src_ip, req.headers, req.args, extra)
+    return request, Response(200, (), extra)
+
+
+def run_request_phase(
+    prepared: Prepared,
+    req: decode.ReqCall,
+    call: Call,
+    metrics: Metrics | None = None,
+    stuck: StuckCalls | None = None,
+) -> bytes:
+    """Run the request-phase chain; the HTTPReqCall.Resp payload. Plugin failures raise ``PluginError``."""
+    if not prepared.request_chain:
+        return encode.no_action(req.id)
+    request, response = _request_objects(req, call, metrics)
+    for name, plugin in prepared.request_chain:
+        if _run(name, "filter", req, call, metrics, stuck, call_filter, plugin, request, response):
+            return _stop(req, response)
+    return _rewrite(req, request, response)
+
+
+async def run_request_phase_async(
+    prepared: Prepared,
+    req: decode.ReqCall,
+    call: Call,
+    metrics: Metrics | None = None,
+    stuck: StuckCalls | None = None,
+) -> bytes:
+    """``run_request_phase`` for a chain with an async filter."""
+    request, response = _request_objects(req, call, metrics, on_loop=True)
+    for name, plugin in prepared.request_chain:
+        step = call_filter_async if is_async(type(plugin).filter) else call_filter
+        if await _run_async(name, "filter", req, call, metrics, stuck, step, plugin, request, response):
+            return _stop(req, response)
+    return _rewrite(req, request, response)
+
+
+def _stop(req: decode.ReqCall, response: Response) -> bytes:
+    headers = [(n, v) for n, v in response.headers.items() if n.lower() not in _HOP_BY_HOP]
+    return encode.stop(req.id, response.status_code, headers, response.body_for_client)
+
+
+def _rewrite(req: decode.ReqCall, request: Request, response: Response) -> bytes:
+    """Only what the plugins changed, so untouched (and repeated) headers stay as they were."""
+    path, header_changes, arg_changes = request.changes()
+    # APISIX *sets* each request header entry (last one wins), so several
+    # values travel as one list value.
+    headers: list[tuple[str, str | None]] = [
+        (name, values if values is None else values[0] if len(values) == 1 else _joined(name, values))
+        for name, values in header_changes
+    ]
+    # APISIX: first entry of a name replaces its values, later ones append.
+    args: list[tuple[str, str | None]] = [
+        (name, value) for name, values in arg_changes for value in ((None,) if values is None else values)
+    ]
+    resp_headers = (
+        [(n, v) for n, v in response.headers.items() if not _ignored_by_apisix(n)] if response.headers else []
+    )
+    body = request.body_for_upstream
+    if path is None and not headers and not args and not resp_headers and not body:
+        return encode.no_action(req.id)
+    return encode.rewrite(req.id, path=path, headers=headers, args=args, resp_headers=resp_headers, body=body or None)
+
+
+def _joined(name: str, values: list[str]) -> str:
+    return ("; " if name.lower() == "cookie" else ", ").join(values)
+
+
+def _ignored_by_apisix(name: str) -> bool:
+    if name.lower() not in _RESP_HEADERS_IGNORED:
+        return False
+    if name.lower() not in _warned_ignored:  # once per name: a plugin bug, not per-request news
+        _warned_ignored.add(name.lower())
+        log.warning(
+            "not sending response header %s with a Rewrite: APISIX ignores it there "
+            "(set it in a Stop or in the response phase instead)",
+            name,
+        )
+    return True
+
+
+# --- the response phase -------------------------------------------------------------
+
+
+def _upstream_response(resp: decode.RespCall, call: Call, metrics: Metrics | None, on_loop: bool = False) -> Response:
+    extra = ExtraInfo(_asker(call, metrics), _async_asker(call, metrics) if on_loop else None)
+    return Response(resp.status, lambda: resp.headers, extra, upstream=True)
+
+
+def run_response_phase(
+    prepared: Prepared,
+    resp: decode.RespCall,
+    call: Call,
+    metrics: Metrics | None = None,
+    stuck: StuckCalls | None = None,
+) -> bytes:
+    """Run the response-phase chain; the HTTPRespCall.Resp payload. Plugin failures raise ``PluginError``."""
+    response = _upstream_response(resp, call, metrics)
+    for name, plugin in prepared.response_chain:
+        _run(name, "response_filter", resp, call, metrics, stuck, call_response_filter, plugin, response)
+    return _client_response(resp, response)
+
+
+async def run_response_phase_async(
+    prepared: Prepared,
+    resp: decode.RespCall,
+    call: Call,
+    metrics: Metrics | None = None,
+    stuck: StuckCalls | None = None,
+) -> bytes:
+    """``run_response_phase`` for a chain with an async response_filter."""
+    response = _upstream_response(resp, call, metrics, on_loop=True)
+    for name, plugin in prepared.response_chain:
+        step = call_response_filter_async if is_async(type(plugin).response_filter) else call_response_filter
+        await _run_async(name, "response_filter", resp, call, metrics, stuck, step, plugin, response)
+    return _client_response(resp, response)
+
+
+def _client_response(resp: decode.RespCall, response: Response) -> bytes:
+    # Always the full header list: an empty one makes APISIX copy the
+    # upstream's headers (minus Content-Type and friends) instead.
+    headers: list[tuple[str, str | None]] = [
+        (n, v) for n, v in response.headers.items() if n.lower() not in _HOP_BY_HOP
+    ]
+    # Headers the plugins removed also get a deletion entry, so that removing
+    # the last one cannot turn into "copy every upstream header".
+    headers += [(n, None) for n, values in response.headers.changes() if values is None]
+    status = response.status_code if response.status_code != resp.status else 0
+    return encode.resp_call(resp.id, status, headers, response.body_for_client)
+
+
+# --- ExtraInfo questions ----------------------------------------------------------------
+
+
+def _asker(call: Call, metrics: Metrics | None) -> Callable[[InfoKind, str], bytes | None]:
+    def ask(kind: InfoKind, name: str) -> bytes | None:
+        if metrics is not None:
+            metrics.extra_info(kind.name.lower())
+        return decode.extra_info(call.ask(encode.extra_info(kind, name)))
+
+    return ask
+
+
+def _async_asker(call: Call, metrics: Metrics | None) -> Callable[[InfoKind, str], Any]:
+    async def ask(kind: InfoKind, name: str) -> bytes | None:
+        if metrics is not None:
+            metrics.extra_info(kind.name.lower())
+        return decode.extra_info(await call.ask_async(encode.extra_info(kind, name)))
+
+    return ask
