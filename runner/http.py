@@ -25,6 +25,7 @@ Rules:
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Awaitable, Callable
 
@@ -161,8 +162,8 @@ class Request:
     ``body`` stands for the body APISIX would send.
     """
 
-    __slots__ = ("id", "method", "_path", "_sent_path", "_src_ip", "_headers", "_args", "_body", "_new_body",
-                 "_extra")  # fmt: skip
+    __slots__ = ("id", "method", "deadline", "_path", "_sent_path", "_src_ip", "_headers", "_args", "_body",
+                 "_new_body", "_extra")  # fmt: skip
 
     def __init__(
         self,
@@ -178,6 +179,9 @@ class Request:
     ) -> None:
         self.id = id
         self.method = method
+        #: When the runner gives up on this call (``time.monotonic()`` seconds; ``call_timeout``
+        #: after it arrived): ``request.deadline - time.monotonic()`` is the time left.
+        self.deadline = math.inf
         self._sent_path = path if callable(path) else _checked_path(path)
         self._path: str | None = None  # set by a plugin
         self._src_ip = src_ip
@@ -303,7 +307,7 @@ class Response:
     with (request phase) or stands for the upstream's (response phase).
     """
 
-    __slots__ = ("_status", "_headers", "_body", "_new_body", "_upstream", "_extra")
+    __slots__ = ("deadline", "_status", "_headers", "_body", "_new_body", "_upstream", "_extra")
 
     def __init__(
         self,
@@ -314,6 +318,7 @@ class Response:
         body: bytes | str | None = None,
         upstream: bool = False,
     ) -> None:
+        self.deadline = math.inf  #: as ``Request.deadline``
         self._status = status_code if upstream else _checked_status(status_code)
         self._headers = headers if callable(headers) or isinstance(headers, Headers) else Headers(headers)
         self._body = body

@@ -51,6 +51,7 @@ class Call(Protocol):
     plugin: str | None
     request_id: int
     conf_token: int
+    deadline: float  # time.monotonic() at which the call is given up
 
     def ask(self, question: bytes) -> decode.Buffer:
         """Send an ExtraInfo.Req payload on the call's connection; return the ExtraInfo.Resp payload."""
@@ -190,7 +191,9 @@ def _request_objects(
 ) -> tuple[Request, Response]:
     extra = ExtraInfo(_asker(call, metrics), _async_asker(call, metrics) if on_loop else None)
     request = Request(req.id, req.method, lambda: req.path, lambda: req.src_ip, req.headers, req.args, extra)
-    return request, Response(200, (), extra)
+    response = Response(200, (), extra)
+    request.deadline = response.deadline = call.deadline
+    return request, response
 
 
 def run_request_phase(
@@ -275,7 +278,9 @@ def _ignored_by_apisix(name: str) -> bool:
 
 def _upstream_response(resp: decode.RespCall, call: Call, metrics: Metrics | None, on_loop: bool = False) -> Response:
     extra = ExtraInfo(_asker(call, metrics), _async_asker(call, metrics) if on_loop else None)
-    return Response(resp.status, lambda: resp.headers, extra, upstream=True)
+    response = Response(resp.status, lambda: resp.headers, extra, upstream=True)
+    response.deadline = call.deadline
+    return response
 
 
 def run_response_phase(

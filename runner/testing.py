@@ -464,6 +464,7 @@ class _KitCall:
         self.plugin: str | None = None
         self.request_id = 0
         self.conf_token = 0
+        self.deadline = time.monotonic() + 60.0  # as APISIX's default timeout
         self._answer = (vars, bodies, asked)
 
     def ask(self, question: bytes) -> bytes:

@@ -83,3 +83,10 @@ def test_stuck_calls_are_a_metric() -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             text = response.read().decode()
     assert 'apisix_runner_stuck_calls{plugin="act"} 1' in text.splitlines()
+
+
+def test_a_plugin_reads_the_time_left_before_its_deadline() -> None:
+    with RunnerProcess(TEST_PLUGINS, args=["--call-timeout", "30"]) as proc, proc.client() as c:
+        reply = c.http_req_call(c.prepare_conf(act(deadline_header="X-Left")))
+        left = float(dict(reply.headers)["X-Left"])
+        assert 0 < left <= 30

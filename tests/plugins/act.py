@@ -9,7 +9,8 @@ stop {status, headers [[n, v]], body, repeat (body repeated n times)}, raise (me
 raise_path (an error quoting the path), raise_base (KeyboardInterrupt, GeneratorExit, SystemExit
 or Custom: a BaseException of its own),
 sleep (seconds), hang (never return), hold_fds (open that many descriptors and keep them),
-close_fds (close them), pid_header (header name: set it to the serving process's pid).
+close_fds (close them), pid_header (header name: set it to the serving process's pid),
+deadline_header (header name: set it to the seconds left before the call's deadline).
 Response phase keys, under "resp": set_headers, add_headers, del_headers,
 status, body_upper (read the upstream body and replace it upper-cased),
 vars_to_headers, raise, raise_base. Conf key configure_raise_base: raise it in configure.
@@ -60,6 +61,8 @@ class Act(Plugin):
             threading.Event().wait()
         for _ in range(c.get("hold_fds", 0)):
             _held_fds.append(os.open(os.devnull, os.O_RDONLY))
+        if "deadline_header" in c:
+            request.headers[c["deadline_header"]] = f"{request.deadline - time.monotonic():.3f}"
         if "pid_header" in c:
             request.headers[c["pid_header"]] = str(os.getpid())
         if c.get("close_fds"):
