@@ -15,10 +15,8 @@ Rules:
   belong to has been answered. A frame that would exceed the budget drops the
   connection. A frame that arrives whole in one read (at most one receive
   buffer) is not charged: only the running calls can hold those.
-* ``Call`` is the state of one call: its ExtraInfo line (``ask``), its
-  deadline, the plugin it is in. It ends exactly once, by its reply
-  (``finish``) or by the watchdog (``expire``), under the connection's lock;
-  the loser of that race sends nothing.
+* A call's own state (its ExtraInfo line, its deadline, how it ended) is a
+  ``calls.Call``.
 * A call the dispatcher returns as ``Pending`` (an async plugin chain) leaves
   its thread: the connection goes to the event loop (its socket non-blocking,
   ExtraInfo through ``ask_async``), where the call's deadline cancels it and a
@@ -30,21 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import socket
 import struct
 import threading
 import time
-import traceback
-import types
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
-from . import aio, logs
+from . import aio
+from .calls import Call, OverBudget, report, report_slow
 from .dispatch import Pending
 from .errors import CallAbandoned, FrameError
-from .frame import Frame, FrameDecoder, encode
-from .protocol import MessageType
+from .frame import Frame, FrameDecoder
 
 if TYPE_CHECKING:
     from .pool import Worker
@@ -64,19 +59,9 @@ class _Released:
 RELEASED: Final = _Released()
 
 
-class OverBudget(Exception):
-    """A frame would take the server past its memory budget."""
-
-
 def timeval(seconds: float) -> bytes:
     whole = int(seconds)
     return struct.pack("ll", whole, int((seconds - whole) * 1e6))
-
-
-class CallState(enum.Enum):
-    RUNNING = "running"
-    DONE = "done"
-    EXPIRED = "expired"
 
 
 class Connection:
@@ -167,7 +152,7 @@ class Connection:
         assert task is not None
         now = time.monotonic()
         expire = loop.call_later(max(0.0, call.deadline - now), self._expire, call, task)
-        slow = loop.call_later(max(0.0, call.started + self.server.config.slow_call - now), _slow, call, task)
+        slow = loop.call_later(max(0.0, call.started + self.server.config.slow_call - now), report_slow, call, task)
         reply: bytes | None = None
         try:
             reply = await pending.coroutine
@@ -190,7 +175,7 @@ class Connection:
 
     def _expire(self, call: Call, task: asyncio.Task[None]) -> None:
         if call.expire_async():
-            _report(call, task, logging.ERROR, "timed out", "replied 503 and closed the connection")
+            report(call, task, logging.ERROR, "timed out", "replied 503 and closed the connection")
             self._resume(self.server.timeout_reply, close=True)
             task.cancel()
 
@@ -281,147 +266,3 @@ class Connection:
 
     def fileno(self) -> int:
         return self.sock.fileno()
-
-
-class Call:
-    """One call on a connection: its ExtraInfo line to APISIX, its deadline, what runs in it.
-
-    ``plugin``, ``request_id`` and ``conf_token`` are filled in by the
-    dispatcher as it learns them, for the watchdog's log lines.
-    """
-
-    __slots__ = (
-        "conn", "started", "deadline", "plugin", "request_id", "conf_token", "state", "slow_logged", "stuck", "_alock",
-    )  # fmt: skip
-
-    def __init__(self, conn: Connection, timeout: float) -> None:
-        self.conn = conn
-        self.started = time.monotonic()
-        self.deadline = self.started + timeout
-        self.plugin: str | None = None
-        self.request_id = 0
-        self.conf_token = 0
-        self.state = CallState.RUNNING
-        self.slow_logged = False
-        self.stuck = False  # counted in StuckCalls (a thread the watchdog gave up on)
-        self._alock: asyncio.Lock | None = None
-
-    def ask(self, question: bytes) -> bytes | bytearray:
-        """Ask APISIX one ExtraInfo question on the call's connection; return its answer's payload.
-
-        Questions go one at a time (a plugin may ask from several threads).
-        """
-        conn = self.conn
-        if conn.deferred:  # a sync plugin of an async chain, off the loop: the loop owns the socket
-            return aio.run(self.ask_async(question))
-        with conn.lock:
-            if self.state is CallState.DONE:
-                raise RuntimeError("this call has ended: ExtraInfo can only be asked while it is handled")
-            if self.state is CallState.EXPIRED or conn.closed:
-                raise CallAbandoned("the call was given up")
-            try:
-                conn.sock.sendall(encode(MessageType.EXTRA_INFO, question))
-                answer = conn.read_frame(waiting=False)
-            except (OSError, FrameError) as e:
-                raise CallAbandoned(f"connection lost while waiting for ExtraInfo: {e}") from None
-            except OverBudget:
-                conn.server.over_budget(conn)
-                raise CallAbandoned("the ExtraInfo answer would exceed the memory budget") from None
-            if not isinstance(answer, Frame) or answer.type != MessageType.EXTRA_INFO:
-                got = "EOF" if answer is None else f"a type-{answer.type} frame"  # type: ignore[union-attr]
-                raise CallAbandoned(f"APISIX answered an ExtraInfo question with {got}")
-            return answer.payload
-
-    async def ask_async(self, question: bytes) -> bytes | bytearray:
-        """``ask`` inside a deferred call, on the event loop."""
-        conn = self.conn
-        if self._alock is None:
-            self._alock = asyncio.Lock()
-        async with self._alock:  # one question at a time, whichever task asks
-            if self.state is CallState.DONE:
-                raise RuntimeError("this call has ended: ExtraInfo can only be asked while it is handled")
-            if self.state is CallState.EXPIRED or conn.closed:
-                raise CallAbandoned("the call was given up")
-            try:
-                await asyncio.get_running_loop().sock_sendall(conn.sock, encode(MessageType.EXTRA_INFO, question))
-                answer = await conn.read_frame_async()
-            except (OSError, FrameError) as e:
-                raise CallAbandoned(f"connection lost while waiting for ExtraInfo: {e}") from None
-            if answer is None or answer.type != MessageType.EXTRA_INFO:
-                got = "EOF" if answer is None else f"a type-{answer.type} frame"
-                raise CallAbandoned(f"APISIX answered an ExtraInfo question with {got}")
-            return answer.payload
-
-    def finish(self) -> bool:
-        """End the call by its reply; ``False`` if it had already ended (expired)."""
-        with self.conn.lock:
-            if self.state is CallState.RUNNING:
-                self.state = CallState.DONE
-                return True
-        if self.stuck:
-            self.conn.server.stuck.leave(self.plugin)  # our thread is back from the plugin it was stuck in
-        return False
-
-    def expire_async(self) -> bool:
-        """End a deferred call at its deadline (its task is cancelled, no thread is stuck)."""
-        with self.conn.lock:
-            if self.state is not CallState.RUNNING:
-                return False
-            self.state = CallState.EXPIRED
-            return True
-
-    def expire(self, reply: bytes) -> bool:
-        """End the call at its deadline: send ``reply`` (an Err frame) if the socket
-        takes it at once, close the connection; ``False`` if it had ended already."""
-        conn = self.conn
-        if not conn.lock.acquire(timeout=0.05):
-            # An ExtraInfo question waits for APISIX: wake it, its answer is no longer wanted.
-            with contextlib.suppress(OSError):
-                conn.sock.shutdown(socket.SHUT_RDWR)
-            conn.lock.acquire()
-        try:
-            if self.state is not CallState.RUNNING:
-                return False
-            self.state = CallState.EXPIRED
-            self.stuck = True
-            conn.server.stuck.enter(self.plugin)
-            if not conn.closed:
-                with contextlib.suppress(OSError):
-                    conn.sock.send(reply, socket.MSG_DONTWAIT)
-                with contextlib.suppress(OSError):
-                    conn.sock.shutdown(socket.SHUT_RDWR)
-        finally:
-            conn.lock.release()
-        conn.close()  # releases the descriptor now, not when the plugin returns
-        return True
-
-
-def _slow(call: Call, task: asyncio.Task[None]) -> None:
-    if call.state is CallState.RUNNING:
-        _report(call, task, logging.WARNING, "is slow", "still awaiting")
-
-
-def _awaiting(task: asyncio.Task[None]) -> list[types.FrameType]:
-    """The frames of the coroutine chain ``task`` is suspended in, outermost first
-    (``Task.get_stack`` gives only the outermost one)."""
-    frames = []
-    awaited: Any = task.get_coro()
-    while awaited is not None:
-        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
-        if frame is not None:
-            frames.append(frame)
-        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
-    return frames
-
-
-def _report(call: Call, task: asyncio.Task[None], level: int, what: str, outcome: str) -> None:
-    where = f"plugin {call.plugin!r}" if call.plugin else "the runner (no plugin running)"
-    stack = "".join(traceback.format_list(traceback.StackSummary.extract((f, f.f_lineno) for f in _awaiting(task))))
-    logs.log_with_stack(
-        log,
-        level,
-        "async call %s after %.1f s in %s: %s; where it awaits:",
-        (what, time.monotonic() - call.started, where, outcome),
-        stack or "(not started)",
-        {"plugin": call.plugin, "request_id": call.request_id, "conf_token": call.conf_token},
-    )

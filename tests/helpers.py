@@ -82,3 +82,22 @@ def thread_count(pid: int) -> int:
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class StubCall:
+    """A call with no APISIX behind it, for driving ``Dispatcher.handle`` directly:
+    every ExtraInfo question is answered with no result."""
+
+    NO_RESULT = b"\x08\x00\x00\x00\x04\x00\x04\x00\x04\x00\x00\x00"  # ExtraInfo.Resp without a result
+
+    def __init__(self, timeout: float = 60.0) -> None:
+        self.plugin: str | None = None
+        self.request_id = 0
+        self.conf_token = 0
+        self.deadline = time.monotonic() + timeout
+
+    def ask(self, question: bytes) -> bytes:
+        return self.NO_RESULT
+
+    async def ask_async(self, question: bytes) -> bytes:
+        return self.NO_RESULT

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import pytest
 from A6.Err.Resp import Resp as ErrResp
+from helpers import StubCall
 from payloads import shared_entries
 
 from runner import Plugin, decode
 from runner.cache import ConfCache
-from runner.dispatch import Dispatcher, Prepared
+from runner.dispatch import Dispatcher
 from runner.errors import DecodeError
 from runner.frame import MAX_PAYLOAD
+from runner.phases import Prepared
 from runner.plugins import PluginRegistry
 from runner.protocol import ErrCode, HTTPReqCallReq, HTTPRespCallReq, MessageType, PrepareConfReq
 from runner.testing import prepare_conf_req, req_call_req, resp_call_req
@@ -151,21 +153,17 @@ def _dispatcher() -> Dispatcher:
     return Dispatcher(registry, ConfCache[Prepared](60.0, tokens=lambda: 7))
 
 
-def _no_exchange(question: bytes) -> bytes:
-    raise AssertionError("no ExtraInfo expected")
-
-
 @pytest.mark.parametrize("what", list(_VECTORS))
 def test_an_amplified_payload_gets_bad_request_and_one_log_line(what: str, caplog: pytest.LogCaptureFixture) -> None:
     dispatcher = _dispatcher()
     token_reply = dispatcher.handle(
-        MessageType.PREPARE_CONF, prepare_conf_req([("reads_everything", "")], "k"), _no_exchange
+        MessageType.PREPARE_CONF, prepare_conf_req([("reads_everything", "")], "k"), StubCall()
     )
     assert token_reply[0] == MessageType.PREPARE_CONF
     type_, payload = _amplified(what, 16_384)
     caplog.clear()
     with caplog.at_level(logging.DEBUG):
-        reply = dispatcher.handle(type_, payload, _no_exchange)
+        reply = dispatcher.handle(type_, payload, StubCall())
     assert reply[0] == MessageType.ERROR
     assert ErrResp.GetRootAs(reply[4:], 0).Code() == ErrCode.BAD_REQUEST
     lines = [r.getMessage() for r in caplog.records]
@@ -179,18 +177,19 @@ def test_an_amplified_payload_gets_bad_request_and_one_log_line(what: str, caplo
 _MEASURE = """
 import json, sys
 from A6.Err.Resp import Resp
-from test_decode_budget import _dispatcher, _no_exchange, prepare_conf_req
+from helpers import StubCall
+from test_decode_budget import _dispatcher, prepare_conf_req
 
 def peak_kib():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 
 dispatcher = _dispatcher()
-dispatcher.handle(1, prepare_conf_req([("reads_everything", "")], "k"), _no_exchange)
+dispatcher.handle(1, prepare_conf_req([("reads_everything", "")], "k"), StubCall())
 with open(sys.argv[2], "rb") as f:
     payload = f.read()
 before = peak_kib()
-reply = dispatcher.handle(int(sys.argv[1]), payload, _no_exchange)
+reply = dispatcher.handle(int(sys.argv[1]), payload, StubCall())
 growth = peak_kib() - before
 print(json.dumps({"growth_kib": growth, "type": reply[0], "code": Resp.GetRootAs(reply[4:], 0).Code()}))
 """

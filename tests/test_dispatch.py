@@ -5,13 +5,14 @@ from __future__ import annotations
 import threading
 
 from A6.Err.Resp import Resp as ErrResp
-from conftest import run_in_threads
+from helpers import StubCall, run_in_threads
 
 from runner import Plugin
 from runner.cache import ConfCache
-from runner.dispatch import Dispatcher, Prepared
+from runner.dispatch import Dispatcher
 from runner.errors import ErrCode
 from runner.frame import FrameDecoder, encode
+from runner.phases import Prepared
 from runner.plugins import PluginRegistry
 from runner.protocol import MessageType
 from runner.testing import decode_req_call_reply, prepare_conf_req, req_call_req
@@ -45,10 +46,6 @@ def _dispatcher(clock: Clock, ttl: float = 60.0) -> Dispatcher:
     return Dispatcher(registry, ConfCache[Prepared](ttl, clock=clock))
 
 
-def _no_exchange(question: bytes) -> bytes:
-    raise AssertionError("no ExtraInfo expected")
-
-
 def _frame(data: bytes) -> tuple[int, bytes]:
     decoder = FrameDecoder()
     decoder.feed(data)
@@ -58,14 +55,14 @@ def _frame(data: bytes) -> tuple[int, bytes]:
 
 
 def _prepare(d: Dispatcher, conf: list[tuple[str, str | None]]) -> int:
-    type_, payload = _frame(d.handle(MessageType.PREPARE_CONF, prepare_conf_req(conf, "route#1#x#1"), _no_exchange))
+    type_, payload = _frame(d.handle(MessageType.PREPARE_CONF, prepare_conf_req(conf, "route#1#x#1"), StubCall()))
     assert type_ == MessageType.PREPARE_CONF
     return int.from_bytes(payload[-4:], "little")
 
 
 def _call(d: Dispatcher, token: int, headers: list[tuple[str, str | None]] = []) -> tuple[int, bytes]:  # noqa: B006
     payload = req_call_req(id=3, token=token, method="GET", path="/", args=[], headers=headers, src_ip=b"\x7f\0\0\1")
-    return _frame(d.handle(MessageType.HTTP_REQ_CALL, payload, _no_exchange))
+    return _frame(d.handle(MessageType.HTTP_REQ_CALL, payload, StubCall()))
 
 
 def _err(frame: tuple[int, bytes]) -> int:
@@ -104,7 +101,7 @@ def test_same_key_after_expiry_gets_a_new_live_token() -> None:
 
 def test_reply_frames_never_have_an_empty_payload() -> None:
     d = _dispatcher(Clock())
-    for code_frame in (d.handle(0, b"", _no_exchange), d.handle(1, b"", _no_exchange), _call(d, 1)):
+    for code_frame in (d.handle(0, b"", StubCall()), d.handle(1, b"", StubCall()), _call(d, 1)):
         data = code_frame if isinstance(code_frame, bytes) else encode(*code_frame)
         assert int.from_bytes(data[1:4], "big") > 0
 

@@ -1,0 +1,187 @@
+"""One call on an APISIX connection: its line to APISIX for ExtraInfo, its deadline, how it ends.
+
+Rules:
+
+* A call ends exactly once, by its reply (``finish``), by the watchdog
+  (``expire``: a thread stuck in a plugin) or by its deadline on the event
+  loop (``expire_async``), under its connection's lock; the loser of that race
+  sends nothing.
+* ExtraInfo questions go one at a time on the call's connection, even when a
+  plugin asks from several threads (the connection's lock) or tasks (an
+  asyncio lock); a request object kept past its call cannot ask any more.
+* ``plugin``, ``request_id`` and ``conf_token`` are filled in by the
+  dispatcher as it learns them, for the log lines about the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import socket
+import time
+import traceback
+import types
+from typing import TYPE_CHECKING, Any
+
+from . import aio, logs
+from .errors import CallAbandoned, FrameError
+from .frame import Frame, encode
+from .protocol import MessageType
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+log = logging.getLogger(__name__)
+
+
+class OverBudget(Exception):
+    """A frame would take the server past its memory budget."""
+
+
+class CallState(enum.Enum):
+    RUNNING = "running"
+    DONE = "done"
+    EXPIRED = "expired"
+
+
+class Call:
+    """One call on a connection: its ExtraInfo line to APISIX, its deadline, what runs in it."""
+
+    __slots__ = (
+        "conn", "started", "deadline", "plugin", "request_id", "conf_token", "state", "slow_logged", "stuck", "_alock",
+    )  # fmt: skip
+
+    def __init__(self, conn: Connection, timeout: float) -> None:
+        self.conn = conn
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout
+        self.plugin: str | None = None
+        self.request_id = 0
+        self.conf_token = 0
+        self.state = CallState.RUNNING
+        self.slow_logged = False
+        self.stuck = False  # counted in StuckCalls (a thread the watchdog gave up on)
+        self._alock: asyncio.Lock | None = None
+
+    def ask(self, question: bytes) -> bytes | bytearray:
+        """Ask APISIX one ExtraInfo question on the call's connection; return its answer's payload.
+
+        Questions go one at a time (a plugin may ask from several threads).
+        """
+        conn = self.conn
+        if conn.deferred:  # a sync plugin of an async chain, off the loop: the loop owns the socket
+            return aio.run(self.ask_async(question))
+        with conn.lock:
+            if self.state is CallState.DONE:
+                raise RuntimeError("this call has ended: ExtraInfo can only be asked while it is handled")
+            if self.state is CallState.EXPIRED or conn.closed:
+                raise CallAbandoned("the call was given up")
+            try:
+                conn.sock.sendall(encode(MessageType.EXTRA_INFO, question))
+                answer = conn.read_frame(waiting=False)
+            except (OSError, FrameError) as e:
+                raise CallAbandoned(f"connection lost while waiting for ExtraInfo: {e}") from None
+            except OverBudget:
+                conn.server.over_budget(conn)
+                raise CallAbandoned("the ExtraInfo answer would exceed the memory budget") from None
+            if not isinstance(answer, Frame) or answer.type != MessageType.EXTRA_INFO:
+                got = "EOF" if answer is None else f"a type-{answer.type} frame"  # type: ignore[union-attr]
+                raise CallAbandoned(f"APISIX answered an ExtraInfo question with {got}")
+            return answer.payload
+
+    async def ask_async(self, question: bytes) -> bytes | bytearray:
+        """``ask`` inside a deferred call, on the event loop."""
+        conn = self.conn
+        if self._alock is None:
+            self._alock = asyncio.Lock()
+        async with self._alock:  # one question at a time, whichever task asks
+            if self.state is CallState.DONE:
+                raise RuntimeError("this call has ended: ExtraInfo can only be asked while it is handled")
+            if self.state is CallState.EXPIRED or conn.closed:
+                raise CallAbandoned("the call was given up")
+            try:
+                await asyncio.get_running_loop().sock_sendall(conn.sock, encode(MessageType.EXTRA_INFO, question))
+                answer = await conn.read_frame_async()
+            except (OSError, FrameError) as e:
+                raise CallAbandoned(f"connection lost while waiting for ExtraInfo: {e}") from None
+            if answer is None or answer.type != MessageType.EXTRA_INFO:
+                got = "EOF" if answer is None else f"a type-{answer.type} frame"
+                raise CallAbandoned(f"APISIX answered an ExtraInfo question with {got}")
+            return answer.payload
+
+    def finish(self) -> bool:
+        """End the call by its reply; ``False`` if it had already ended (expired)."""
+        with self.conn.lock:
+            if self.state is CallState.RUNNING:
+                self.state = CallState.DONE
+                return True
+        if self.stuck:
+            self.conn.server.stuck.leave(self.plugin)  # our thread is back from the plugin it was stuck in
+        return False
+
+    def expire_async(self) -> bool:
+        """End a deferred call at its deadline (its task is cancelled, no thread is stuck)."""
+        with self.conn.lock:
+            if self.state is not CallState.RUNNING:
+                return False
+            self.state = CallState.EXPIRED
+            return True
+
+    def expire(self, reply: bytes) -> bool:
+        """End the call at its deadline: send ``reply`` (an Err frame) if the socket
+        takes it at once, close the connection; ``False`` if it had ended already."""
+        conn = self.conn
+        if not conn.lock.acquire(timeout=0.05):
+            # An ExtraInfo question waits for APISIX: wake it, its answer is no longer wanted.
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            conn.lock.acquire()
+        try:
+            if self.state is not CallState.RUNNING:
+                return False
+            self.state = CallState.EXPIRED
+            self.stuck = True
+            conn.server.stuck.enter(self.plugin)
+            if not conn.closed:
+                with contextlib.suppress(OSError):
+                    conn.sock.send(reply, socket.MSG_DONTWAIT)
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            conn.lock.release()
+        conn.close()  # releases the descriptor now, not when the plugin returns
+        return True
+
+
+def report_slow(call: Call, task: asyncio.Task[None]) -> None:
+    if call.state is CallState.RUNNING:
+        report(call, task, logging.WARNING, "is slow", "still awaiting")
+
+
+def _awaiting(task: asyncio.Task[None]) -> list[types.FrameType]:
+    """The frames of the coroutine chain ``task`` is suspended in, outermost first
+    (``Task.get_stack`` gives only the outermost one)."""
+    frames = []
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is not None:
+            frames.append(frame)
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return frames
+
+
+def report(call: Call, task: asyncio.Task[None], level: int, what: str, outcome: str) -> None:
+    """Log a deferred call's timeout or slowness, with the stack it awaits at."""
+    where = f"plugin {call.plugin!r}" if call.plugin else "the runner (no plugin running)"
+    stack = "".join(traceback.format_list(traceback.StackSummary.extract((f, f.f_lineno) for f in _awaiting(task))))
+    logs.log_with_stack(
+        log,
+        level,
+        "async call %s after %.1f s in %s: %s; where it awaits:",
+        (what, time.monotonic() - call.started, where, outcome),
+        stack or "(not started)",
+        {"plugin": call.plugin, "request_id": call.request_id, "conf_token": call.conf_token},
+    )
