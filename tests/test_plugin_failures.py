@@ -19,8 +19,8 @@ from helpers import TEST_PLUGINS, act
 from runner import Plugin
 from runner.cache import ConfCache
 from runner.dispatch import Dispatcher
-from runner.phases import Prepared
 from runner.errors import ErrCode, PluginError, PluginLoadError
+from runner.phases import Prepared
 from runner.plugins import PluginRegistry
 from runner.testing import RunnerProcess, run_filter, run_response_filter
 
