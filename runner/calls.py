@@ -20,24 +20,47 @@ import contextlib
 import enum
 import logging
 import socket
+import threading
 import time
 import traceback
 import types
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from . import aio, logs
 from .errors import CallAbandoned, FrameError
 from .frame import Frame, encode
 from .protocol import MessageType
-
-if TYPE_CHECKING:
-    from .connection import Connection
+from .watchdog import StuckCalls
 
 log = logging.getLogger(__name__)
 
 
 class OverBudget(Exception):
     """A frame would take the server past its memory budget."""
+
+
+class Host(Protocol):
+    """What a call needs of its connection's server."""
+
+    stuck: StuckCalls
+
+    def over_budget(self, conn: Any) -> None: ...
+
+
+class Line(Protocol):
+    """What a call needs of its connection (``connection.Connection``)."""
+
+    @property
+    def server(self) -> Host: ...
+
+    sock: socket.socket
+    lock: threading.Lock
+    closed: bool
+    deferred: bool
+
+    def read_frame(self, park: bool = False, waiting: bool = True) -> Any: ...
+    async def read_frame_async(self) -> Frame | None: ...
+    def close(self) -> None: ...
 
 
 class CallState(enum.Enum):
@@ -53,7 +76,7 @@ class Call:
         "conn", "started", "deadline", "plugin", "request_id", "conf_token", "state", "slow_logged", "stuck", "_alock",
     )  # fmt: skip
 
-    def __init__(self, conn: Connection, timeout: float) -> None:
+    def __init__(self, conn: Line, timeout: float) -> None:
         self.conn = conn
         self.started = time.monotonic()
         self.deadline = self.started + timeout
@@ -87,7 +110,7 @@ class Call:
                 conn.server.over_budget(conn)
                 raise CallAbandoned("the ExtraInfo answer would exceed the memory budget") from None
             if not isinstance(answer, Frame) or answer.type != MessageType.EXTRA_INFO:
-                got = "EOF" if answer is None else f"a type-{answer.type} frame"  # type: ignore[union-attr]
+                got = "EOF" if answer is None else f"a type-{answer.type} frame"
                 raise CallAbandoned(f"APISIX answered an ExtraInfo question with {got}")
             return answer.payload
 

@@ -33,17 +33,34 @@ import socket
 import struct
 import threading
 import time
-from typing import TYPE_CHECKING, Final
+from typing import Any, Final, Protocol
 
 from . import aio
 from .calls import Call, OverBudget, report, report_slow
-from .dispatch import Pending
+from .config import Config
+from .dispatch import Dispatcher, Pending
 from .errors import CallAbandoned, FrameError
 from .frame import Frame, FrameDecoder
+from .pool import Worker, WorkerPool
+from .watchdog import StuckCalls
 
-if TYPE_CHECKING:
-    from .pool import Worker
-    from .server import RunnerServer
+
+class Server(Protocol):
+    """What a connection needs of its server (``server.RunnerServer``)."""
+
+    pool: WorkerPool[Connection]
+    dispatcher: Dispatcher
+    budget: Any  # take(size) -> bool, give(size), used, limit
+    stuck: StuckCalls
+    config: Config
+    call_timeout: float
+    timeout_reply: bytes
+    closing: bool
+
+    def watch(self, conn: Connection) -> None: ...
+    def forget(self, conn: Connection) -> None: ...
+    def over_budget(self, conn: Connection) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +86,7 @@ class Connection:
 
     __slots__ = ("server", "sock", "decoder", "lock", "charged", "closed", "deferred", "resumed")
 
-    def __init__(self, server: RunnerServer, sock: socket.socket) -> None:
+    def __init__(self, server: Server, sock: socket.socket) -> None:
         self.server = server
         self.sock = sock
         self.decoder = FrameDecoder()
