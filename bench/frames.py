@@ -239,6 +239,7 @@ class Scenario:
     reply: bytes  # the reference server's final reply, full frame
     questions: list[bytes] = field(default_factory=list)  # reference server's ExtraInfo frames
     expect: list[str] = field(default_factory=list)
+    wait: float = 0.0  # seconds the plugin waits (on a backend); the reference server waits as long
 
     @property
     def prepare(self) -> bytes:
@@ -258,6 +259,12 @@ def _req_call(method: int, path: str, headers: Pairs = REQUEST_HEADERS) -> bytes
     return frame(HTTP_REQ_CALL, http_req_call_req(method=method, path=path, headers=headers, args=REQUEST_ARGS))
 
 
+WAIT_S = 0.1  # what the *-wait plugins wait for, as a call to a backend would
+_STOP_REPLY = frame(HTTP_REQ_CALL, stop_resp(status=403, headers=[("X-Bench", "stop")], body=b"denied"))
+_STOP_EXPECT = ["reply 2", "action 1", "status 403", "header X-Bench stop", "body denied", "questions 0"]
+_WAIT_REPLY = frame(HTTP_REQ_CALL, rewrite_resp(headers=[("X-Bench", "waited")]))
+_WAIT_EXPECT = ["reply 2", "action 2", "header X-Bench waited", "questions 0"]
+
 # The expectations mirror bench/plugins/*.py; the reference replies are built
 # from the same values, so both servers are checked against one definition.
 SCENARIOS = {
@@ -267,8 +274,33 @@ SCENARIOS = {
             name="stop",
             plugin="bench_stop",
             request=_req_call(METHOD_GET, "/bench/stop"),
-            reply=frame(HTTP_REQ_CALL, stop_resp(status=403, headers=[("X-Bench", "stop")], body=b"denied")),
-            expect=["reply 2", "action 1", "status 403", "header X-Bench stop", "body denied", "questions 0"],
+            reply=_STOP_REPLY,
+            expect=_STOP_EXPECT,
+        ),
+        # The same Stop from an ``async def filter`` that awaits nothing: the event loop's cost.
+        Scenario(
+            name="async-stop",
+            plugin="bench_async_stop",
+            request=_req_call(METHOD_GET, "/bench/stop"),
+            reply=_STOP_REPLY,
+            expect=_STOP_EXPECT,
+        ),
+        # A plugin waiting 0.1 s on a backend: awaited (no thread held) and, to compare, slept.
+        Scenario(
+            name="async-wait",
+            plugin="bench_async_wait",
+            request=_req_call(METHOD_GET, "/bench/wait"),
+            reply=_WAIT_REPLY,
+            expect=_WAIT_EXPECT,
+            wait=WAIT_S,
+        ),
+        Scenario(
+            name="sync-wait",
+            plugin="bench_sync_wait",
+            request=_req_call(METHOD_GET, "/bench/wait"),
+            reply=_WAIT_REPLY,
+            expect=_WAIT_EXPECT,
+            wait=WAIT_S,
         ),
         Scenario(
             name="rewrite",

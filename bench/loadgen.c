@@ -343,7 +343,7 @@ static double cpu_self_s(void)
 }
 
 /* utime+stime of every thread of process `pid`, in seconds; -1 if unknown. */
-static double cpu_of_pid_s(int pid)
+static double cpu_of_one_pid_s(int pid)
 {
     char path[64], buf[2048];
     if (pid <= 0)
@@ -362,6 +362,35 @@ static double cpu_of_pid_s(int pid)
     if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
         return -1;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* The children of process `pid` (a runner's worker processes), up to `max`; how many. */
+static int children_of(int pid, int *out, int max)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", pid, pid);
+    FILE *f = fopen(path, "r");
+    int n = 0;
+    if (!f)
+        return 0;
+    while (n < max && fscanf(f, "%d", &out[n]) == 1)
+        n++;
+    fclose(f);
+    return n;
+}
+
+/* CPU of process `pid` and of its children (a master and its workers), in seconds; -1 if unknown. */
+static double cpu_of_pid_s(int pid)
+{
+    double total = cpu_of_one_pid_s(pid);
+    int kids[64];
+    int n = total < 0 ? 0 : children_of(pid, kids, 64);
+    for (int i = 0; i < n; i++) {
+        double c = cpu_of_one_pid_s(kids[i]);
+        if (c > 0)
+            total += c;
+    }
+    return total;
 }
 
 /* CPU time all processes spent on every CPU (the "cpu" line of /proc/stat), in

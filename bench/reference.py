@@ -18,6 +18,7 @@ import os
 import signal
 import socketserver
 import sys
+import time
 
 import frames
 
@@ -46,6 +47,8 @@ class Handler(socketserver.StreamRequestHandler):
                 if len(answer) < 4 or answer[0] != frames.EXTRA_INFO:
                     return
                 read(int.from_bytes(answer[1:4], "big"))
+            if s.wait:
+                time.sleep(s.wait)  # a thread per connection waits as long as the plugin does
             write(head + request[req_id] + tail)
 
 

@@ -99,6 +99,31 @@ def proc_status_kb(pid: int, key: str) -> int:
     return -1
 
 
+def process_figures(pid: int) -> list[dict]:
+    """CPU seconds since start and peak RSS of the server process and of its children (workers)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids = [pid, *map(int, f.read().split())]
+    except OSError:
+        pids = [pid]
+    out = []
+    tick = os.sysconf("SC_CLK_TCK")
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out.append(
+                {
+                    "pid": p,
+                    "cpu_s": (int(fields[11]) + int(fields[12])) / tick,
+                    "peak_rss_kb": proc_status_kb(p, "VmHWM"),
+                }
+            )
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
 def server_command(kind: str, scenario: str, sock: Path, runner_args: list[str]) -> list[str]:
     if kind in ("runner", "baseline"):
         args = ["-m", "runner", "run", "--socket", str(sock), "--plugins", str(BENCH / "plugins")]
@@ -155,6 +180,8 @@ def run_point(kind: str, scenario: str, conns: int, opts: argparse.Namespace, tm
     sock = tmp / f"{kind}.sock"
     cpu = SERVER_CPU if opts.pin else None
     runner_args = {"runner": shlex.split(opts.runner_args), "baseline": shlex.split(opts.baseline_args)}.get(kind, [])
+    if kind == "runner" and opts.workers > 1:
+        runner_args += ["--workers", str(opts.workers)]
     if mode != "load" and kind == "runner":
         runner_args += ["--max-connections", str(conns + 64)]
     command = server_command(kind, scenario, sock, runner_args)
@@ -176,12 +203,13 @@ def run_point(kind: str, scenario: str, conns: int, opts: argparse.Namespace, tm
         client_cpu = CLIENT_CPU if opts.pin else None
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=budget, preexec_fn=pinned(client_cpu))
         peak = server.peak_rss_kb
+        procs = process_figures(server.proc.pid)
     finally:
         exit_status = server.stop()
     if done.returncode != 0:
         raise RuntimeError(f"loadgen failed against {kind} ({scenario}, {conns} conns):\n{done.stderr}")
     point = json.loads(done.stdout.splitlines()[-1])
-    point.update(server=kind, server_peak_rss_kb=peak, server_exit=exit_status)
+    point.update(server=kind, server_peak_rss_kb=peak, server_exit=exit_status, server_processes=procs)
     if done.stderr:
         point["loadgen_stderr"] = done.stderr[-4000:]
     if point["errors"] or exit_status:
@@ -304,8 +332,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--idle-conns", type=int, default=2000, help="connections for the idle check (0: skip it)")
     p.add_argument("--idle-hold", type=float, default=2.0, help="seconds the idle connections stay idle")
     p.add_argument("--idle-timeout", type=float, default=30.0, help="seconds to wait for every idle/burst answer")
-    p.add_argument("--burst-conns", default="2000,10000", help="fresh connections per burst check (0: skip it)")
+    p.add_argument("--burst-conns", help="fresh connections per burst check (default 2000,10000; 0: skip it)")
     p.add_argument("--runner-args", default="", help='extra flags for the runner, e.g. "--cpu auto"')
+    p.add_argument("--workers", type=int, default=1, help="runner worker processes (--workers of the runner)")
     p.add_argument("--runner-root", type=Path, default=ROOT, help="checkout whose runner package to run")
     p.add_argument("--compare", type=Path, help="also run the runner of this checkout, as server 'baseline'")
     p.add_argument("--baseline-args", default="", help="extra flags for the baseline runner")
@@ -314,13 +343,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     opts = p.parse_args(argv)
     if opts.quick:
         opts.conns, opts.duration, opts.warmup, opts.repeat, opts.idle_hold = "1,16", 0.5, 0.2, 1, 0.5
-        opts.burst_conns = "500"
+        opts.burst_conns = opts.burst_conns or "500"
     opts.scenarios = opts.scenarios.split(",")
     opts.conns = [int(c) for c in opts.conns.split(",")]
     opts.servers = [s for s in SERVERS if s in opts.servers.split(",") and s != "baseline"]
     if opts.compare:
         opts.servers.append("baseline")
-    opts.burst_conns = [int(c) for c in opts.burst_conns.split(",") if int(c)]
+    opts.burst_conns = [int(c) for c in (opts.burst_conns or "2000,10000").split(",") if int(c)]
     unknown = set(opts.scenarios) - set(frames.SCENARIOS)
     if unknown or not opts.servers:
         p.error(f"unknown scenario(s) {sorted(unknown)} or no server selected")
