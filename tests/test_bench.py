@@ -29,7 +29,8 @@ def _bench(tmp_path: Path, *args: str) -> dict:
 def test_every_scenario_is_answered_correctly_by_the_runner_and_the_reference(tmp_path: Path) -> None:
     points = _bench(tmp_path, "--conns", "4", "--idle-conns", "0", "--burst-conns", "0", "--busy-poll")["points"]
     served = {(p["server"], p["scenario"]) for p in points}
-    assert served == {(s, c) for s in ("runner", "reference") for c in ("stop", "rewrite", "var", "body", "resp")}
+    scenarios = ("stop", "async-stop", "rewrite", "var", "body", "resp", "async-wait", "sync-wait")
+    assert served == {(s, c) for s in ("runner", "reference") for c in scenarios}
     for p in points:
         assert p["calls"] > 0 and p["errors"] == 0 and p["server_exit"] == 0, p
 
