@@ -20,8 +20,8 @@ fenced block's info string asks for:
 * ```` ```json ````, ```` ```toml ````, ```` ```yaml ````: must parse.
 
 Any other block (``sh``, ``text``, ``mermaid`` ...) is text. Besides the
-blocks: every relative link must name a file of the repository, the
-settings table of docs/configuration.md must list exactly the runner's
+blocks: every relative link must name a file of the repository (and a heading
+of it, when it names one), the settings table of docs/configuration.md must list exactly the runner's
 settings, and the README's quickstart (its route and the replies it shows)
 is replayed against a real runner serving ``plugins/``.
 """
@@ -111,8 +111,8 @@ def ruff(block: Block, *args: str) -> None:
 def test_a_whole_python_example_is_clean_and_runs(
     block: Block, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    ruff(block, "check", "--no-cache", "--output-format", "concise")
-    ruff(block, "format", "--no-cache", "--check", "--diff")
+    ruff(block, "check", "--output-format", "concise")
+    ruff(block, "format", "--check", "--diff")
     monkeypatch.chdir(ROOT)
     monkeypatch.syspath_prepend(str(ROOT))
     module = f"docs_example_{block.line}"
@@ -157,8 +157,8 @@ def run_with_pytest(block: Block, directory: Path) -> None:
 
 @pytest.mark.parametrize("block", [b for b in PYTHON if b.options == "fragment"], ids=where)
 def test_a_python_fragment_is_clean_and_compiles(block: Block) -> None:
-    ruff(block, "check", "--no-cache", "--output-format", "concise", "--extend-ignore", FRAGMENT_IGNORES)
-    ruff(block, "format", "--no-cache", "--check", "--diff")
+    ruff(block, "check", "--output-format", "concise", "--extend-ignore", FRAGMENT_IGNORES)
+    ruff(block, "format", "--check", "--diff")
     compile(block.source, block.where, "exec")
 
 
