@@ -2,7 +2,7 @@
 
 This module is the single source of truth for the scenarios. For each one it
 builds, with the plain ``flatbuffers`` Builder (no generated A6 code, so slot
-numbers are spelled out as in protocol.md §4):
+numbers are spelled out as in docs/protocol.md §2):
 
 * the PrepareConf request naming the scenario's plugin,
 * the call APISIX would send (HTTPReqCall or HTTPRespCall) with a placeholder
@@ -49,7 +49,7 @@ VAR_VALUE = b"127.0.0.1"
 REQ_BODY = bytes(range(256)) * 4096  # 1 MiB
 RESP_BODY = b'{"message":"hello world","items":[1,2,3]}'
 
-# What a client of a typical API sends (APISIX lowercases names, §5.2).
+# What a client of a typical API sends (APISIX lowercases names: docs/protocol.md §2).
 REQUEST_HEADERS = [
     ("host", "api.example.com"),
     ("user-agent", "curl/8.5.0"),
@@ -72,7 +72,7 @@ UPSTREAM_HEADERS = [
 
 
 def frame(rpc_type: int, payload: bytes) -> bytes:
-    """One wire frame: type byte, 3-byte big-endian length, payload (§2)."""
+    """One wire frame: type byte, 3-byte big-endian length, payload (docs/protocol.md §1)."""
     return bytes([rpc_type]) + len(payload).to_bytes(3, "big") + payload
 
 
@@ -345,7 +345,7 @@ SCENARIOS = {
             plugin="bench_resp",
             request=frame(HTTP_RESP_CALL, http_resp_call_req(status=200, headers=UPSTREAM_HEADERS)),
             # A runner sends back the whole header list it wants the client to
-            # see (§5.5), minus hop-by-hop and framing headers.
+            # see (docs/protocol.md §3.2), minus hop-by-hop and framing headers.
             reply=frame(
                 HTTP_RESP_CALL,
                 http_resp_call_resp(

@@ -1,7 +1,7 @@
 /*
  * loadgen: closed-loop load generator for an APISIX ext-plugin runner.
  *
- * It plays APISIX's side of the protocol (protocol.md §2-§5) over N Unix-socket
+ * It plays APISIX's side of the protocol (docs/protocol.md) over N Unix-socket
  * connections, one call in flight per connection, as APISIX's cosocket pool
  * does. Every call sends the scenario's pre-built request frame (written by
  * bench/frames.py) with a fresh id patched in, answers the runner's ExtraInfo
@@ -274,7 +274,7 @@ static const char *validate(const expect_t *ex, const uint8_t *frame, uint32_t i
         return "payload is not a FlatBuffer";
     if (fb_u32(b, root, 0) != id)
         return "request id not echoed";
-    /* Slot numbers from protocol.md §4. */
+    /* Slot numbers from docs/protocol.md §2. */
     uint32_t tab = root;
     int status_slot = 1, headers_slot = 2, body_slot = 3, path_slot = -1, args_slot = -1;
     if (ex->reply == RPC_REQ_CALL) {
@@ -596,7 +596,7 @@ static void on_frame(conn *c)
         uint32_t info = fb_u8(b, fb_root(b), 0);
         c->questions++;
         if (info < INFO_VAR || info > INFO_RESP_BODY) {
-            /* APISIX closes the connection without answering (§5.4). */
+            /* APISIX closes the connection without answering (docs/protocol.md §5). */
             fail(c, "unsupported ExtraInfo question");
             return;
         }
@@ -670,7 +670,7 @@ static void on_readable(conn *c)
         c->in_len += (uint32_t)r;
         if (c->in_len >= 4 && c->in_len >= 4 + frame_len(c->in)) {
             /* The server may send nothing after a frame until we answer or
-             * send the next call (§3): extra bytes mean a desync. */
+             * send the next call (docs/protocol.md §1): extra bytes mean a desync. */
             if (c->in_len > 4 + frame_len(c->in))
                 fail(c, "bytes after a frame");
             else
@@ -720,7 +720,7 @@ static void loop(uint64_t until, int until_idle)
     }
 }
 
-/* PrepareConf on its own connection, as APISIX does (§5.1); returns the token. */
+/* PrepareConf on its own connection, as APISIX does (docs/protocol.md §7); returns the token. */
 static uint32_t prepare_conf(blob prepare)
 {
     int fd = connect_unix(g.socket_path);

@@ -1,4 +1,4 @@
-"""ConfCache: conf tokens as APISIX sees them (protocol.md §5.1, §6), with a fake clock."""
+"""ConfCache: conf tokens as APISIX sees them (docs/protocol.md §6), with a fake clock."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""config.build: the settings APISIX passes in the environment, and flags (protocol.md §1.2, §6.3, R1-R2)."""
+"""config.build: the settings APISIX passes in the environment, and flags (docs/configuration.md)."""
 
 from __future__ import annotations
 

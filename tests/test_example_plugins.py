@@ -54,9 +54,20 @@ def test_require_header_stops_without_the_header_and_passes_with_it() -> None:
     assert allowed.action == "none"
 
 
-def test_require_header_rejects_a_conf_without_header() -> None:
-    with pytest.raises(ConfRejected, match="header"):
-        run_filter(require_header.RequireHeader, conf={"status": 401})
+@pytest.mark.parametrize(
+    ("conf", "reason"),
+    [
+        ({"status": 401}, "header"),
+        ({"header": ""}, "header"),
+        ({"header": "X-Api-Key", "status": 700}, "status"),
+        ({"header": "X-Api-Key", "status": "401"}, "status"),
+        ({"header": "X-Api-Key", "status": True}, "status"),
+        ({"header": "X-Api-Key", "body": 1}, "body"),
+    ],
+)
+def test_require_header_refuses_a_conf_it_could_not_answer_with(conf: object, reason: str) -> None:
+    with pytest.raises(ConfRejected, match=reason):
+        run_filter(require_header.RequireHeader, conf=conf)
 
 
 def test_real_host_copies_the_host_variable() -> None:

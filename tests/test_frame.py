@@ -1,7 +1,7 @@
-"""The frame codec: 1-byte type, 3-byte big-endian length, payload (protocol.md §2).
+"""The frame codec: 1-byte type, 3-byte big-endian length, payload (docs/protocol.md §1).
 
-Vectors are the byte-level examples of protocol.md §12, fed whole, one byte at
-a time, split at every offset and several to a chunk (h11/wsproto style).
+Byte-level vectors are fed whole, one byte at a time, split at every offset and
+several to a chunk (h11/wsproto style).
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def test_fresh_decoder_has_nothing_pending_and_no_frame() -> None:
 
 
 def test_header_announcing_more_than_follows_waits_instead_of_failing() -> None:
-    # protocol.md §10 test 3: header 02 01 00 00 (65,536 bytes), then one byte.
+    # A header announcing 65,536 bytes (02 01 00 00), then one byte.
     decoder = FrameDecoder()
     decoder.feed(b"\x02\x01\x00\x00\x00")
     assert decoder.next_frame() is None

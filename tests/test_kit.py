@@ -18,7 +18,9 @@ def apisix_runner_plugins() -> str:
 
 
 def test_fixture_runner_serves_the_example_plugins(apisix_runner: RunnerProcess) -> None:
-    assert "json_response, real_host, require_header, rewrite, say, verify_signature" in apisix_runner.log
+    served = next(line for line in apisix_runner.log.splitlines() if "serving on" in line).split(": ")[-1]
+    examples = {"json_response", "real_host", "require_header", "rewrite", "say", "verify_signature"}
+    assert examples <= set(served.split(", "))
 
 
 def test_fixture_client_runs_a_chain_with_extra_info(apisix: ApisixClient) -> None:

@@ -1,4 +1,4 @@
-"""Plugin discovery, registration and per-call decisions (style.md §4 item 10)."""
+"""Plugin discovery, registration and per-call decisions."""
 
 from __future__ import annotations
 
