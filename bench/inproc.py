@@ -44,14 +44,17 @@ def load(root: Path, alias: str, into: Path) -> ModuleType:
     return importlib.import_module(alias)
 
 
-def dispatcher(package: ModuleType) -> Any:
+def dispatcher(package: ModuleType, root: Path) -> Any:
     dispatch = importlib.import_module(f"{package.__name__}.dispatch")
     cache = importlib.import_module(f"{package.__name__}.cache")
-    plugins = importlib.import_module(f"{package.__name__}.plugins")
+    try:  # where the loader lives depends on the checkout's age
+        loader = importlib.import_module(f"{package.__name__}.loader")
+    except ImportError:
+        loader = importlib.import_module(f"{package.__name__}.plugins")
     saved = sys.modules.get("runner")
     sys.modules["runner"] = package  # the plugins' ``from runner import Plugin``
     try:
-        registry = plugins.load_plugins(BENCH / "plugins")
+        registry = loader.load_plugins(root / "bench" / "plugins")
     finally:
         if saved is None:
             del sys.modules["runner"]
@@ -60,8 +63,29 @@ def dispatcher(package: ModuleType) -> Any:
     return dispatch.Dispatcher(registry, cache.ConfCache(3600))
 
 
-def _exchange(question: bytes, answer: bytes = frames.extra_info_resp(frames.VAR_VALUE)) -> bytes:
-    return answer
+class _Call:
+    """The call each frame comes with: its ExtraInfo questions are answered from a prebuilt payload.
+
+    Callable too, for checkouts whose dispatcher took a plain ``exchange`` function.
+    """
+
+    answer = frames.extra_info_resp(frames.VAR_VALUE)
+
+    def __init__(self) -> None:
+        self.plugin = None
+        self.request_id = self.conf_token = 0
+        self.deadline = time.monotonic() + 3600
+
+    def __call__(self, question: bytes) -> bytes:
+        return self.answer
+
+    ask = __call__
+
+    async def ask_async(self, question: bytes) -> bytes:
+        return self.answer
+
+
+_exchange = _Call()
 
 
 def calls(d: Any, scenario: str) -> tuple[int, list[bytes]]:
@@ -101,7 +125,9 @@ def main() -> None:
         p.error("give checkouts as NAME=PATH")
     with tempfile.TemporaryDirectory() as tmp:
         sys.path.insert(0, tmp)
-        dispatchers = [dispatcher(load(Path(path), f"runner_{i}", Path(tmp))) for i, (_, path) in enumerate(checkouts)]
+        dispatchers = [
+            dispatcher(load(Path(path), f"runner_{i}", Path(tmp)), Path(path)) for i, (_, path) in enumerate(checkouts)
+        ]
         compare([name for name, _ in checkouts], dispatchers, opts.scenarios.split(","), opts.rounds)
 
 

@@ -271,7 +271,7 @@ class ReqCall:
     miss the other's charge; each part still stays within the whole budget.)
     """
 
-    __slots__ = ("id", "conf_token", "method", "_table", "_budget", "_spent")
+    __slots__ = ("id", "conf_token", "method", "_table", "_spent")
 
     def __init__(self, payload: Buffer) -> None:
         table = _root(payload)
@@ -280,8 +280,7 @@ class ReqCall:
         self.conf_token = table.u32(HTTPReqCallReq.CONF_TOKEN)
         self.method = METHODS[method] if method < len(METHODS) else f"METHOD_{method}"
         self._table = table
-        self._budget = _budget(payload)
-        self._spent: dict[int, int] = {}  # slot -> what decoding it cost
+        self._spent: dict[int, int] | None = None  # slot -> what decoding it cost (most calls read nothing)
 
     @property
     def path(self) -> str:
@@ -299,7 +298,9 @@ class ReqCall:
 
     def _part(self, slot: int, what: str, read: Callable[[_Table, int, int, str], tuple[T, int]]) -> T:
         spent = self._spent
-        left = self._budget - sum(spent.values()) + spent.get(slot, 0)
+        if spent is None:
+            spent = self._spent = {}
+        left = _budget(self._table._buf) - sum(spent.values()) + spent.get(slot, 0)
         try:
             value, spent[slot] = read(self._table, slot, left, what)
         except struct.error as e:

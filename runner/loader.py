@@ -40,6 +40,7 @@ import importlib.util
 import itertools
 import logging
 import os
+import secrets
 import stat
 import sys
 import time
@@ -139,7 +140,8 @@ def load_plugins(directory: str | Path, allow_insecure: bool = False) -> PluginR
     from . import compat  # (here: runner.compat builds on the plugin API)
 
     compat.install()  # plugin files may import the official runner's paths (apisix.runner...)
-    package = f"_a6_plugins{next(_generations)}"
+    # Unique in the process even if another copy of this module loads plugins too.
+    package = f"_a6_plugins{next(_generations)}_{secrets.token_hex(4)}"
     snapshot = _Snapshot(package, root)
     module = types.ModuleType(package)
     module.__path__ = []  # submodules come from the snapshot only

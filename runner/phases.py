@@ -119,7 +119,7 @@ def _run(
     *args: object,
 ) -> Any:
     """Call one plugin method, as the module docstring says."""
-    if stuck is not None and stuck.over(name):
+    if stuck is not None and stuck.counts and stuck.over(name):
         raise PluginStuck(name, stuck.limit)
     started = time.perf_counter() if metrics is not None else 0.0
     failed = True

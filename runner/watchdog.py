@@ -40,24 +40,24 @@ class StuckCalls:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()
 
     def enter(self, plugin: str | None) -> None:
         with self._lock:
-            self._counts[plugin or RUNNER] += 1
+            self.counts[plugin or RUNNER] += 1
 
     def leave(self, plugin: str | None) -> None:
         with self._lock:
-            self._counts[plugin or RUNNER] -= 1
-            if self._counts[plugin or RUNNER] <= 0:
-                del self._counts[plugin or RUNNER]
+            self.counts[plugin or RUNNER] -= 1
+            if self.counts[plugin or RUNNER] <= 0:
+                del self.counts[plugin or RUNNER]
 
     def over(self, plugin: str) -> bool:
-        return self._counts.get(plugin, 0) >= self.limit
+        return self.counts.get(plugin, 0) >= self.limit
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
-            return dict(self._counts)
+            return dict(self.counts)
 
 
 class RunningCall(Protocol):
