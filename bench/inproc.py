@@ -75,6 +75,7 @@ class _Call:
         self.plugin = None
         self.request_id = self.conf_token = 0
         self.deadline = time.monotonic() + 3600
+        self.given_up = False
 
     def __call__(self, question: bytes) -> bytes:
         return self.answer

@@ -11,6 +11,10 @@ Rules:
   asyncio lock); a request object kept past its call cannot ask any more.
 * ``plugin``, ``request_id`` and ``conf_token`` are filled in by the
   dispatcher as it learns them, for the log lines about the call.
+* Giving a call up (``expire``) first marks it ``expiring``: an ExtraInfo wait
+  gives up at its next receive timeout, releasing the connection, so the 503
+  still goes out on a socket open for writing, and the call's own reply can
+  no longer win. Once given up, no further plugin of its chain runs.
 """
 
 from __future__ import annotations
@@ -35,8 +39,23 @@ from .watchdog import StuckCalls
 log = logging.getLogger(__name__)
 
 
-class OverBudget(Exception):
+class Overrun(Exception):
+    """A peer would make us hold more than a bound allows: its connection is
+    dropped with a (throttled) warning that names the setting."""
+
+    setting = ""
+
+
+class OverBudget(Overrun):
     """A frame would take the server past its memory budget."""
+
+    setting = "memory_budget"
+
+
+class TooSlow(Overrun):
+    """A frame took longer than ``frame_timeout`` to arrive, or to be read by the peer."""
+
+    setting = "frame_timeout"
 
 
 class Host(Protocol):
@@ -44,7 +63,7 @@ class Host(Protocol):
 
     stuck: StuckCalls
 
-    def over_budget(self, conn: Any) -> None: ...
+    def overrun(self, conn: Any, error: Overrun) -> None: ...
 
 
 class Line(Protocol):
@@ -57,7 +76,9 @@ class Line(Protocol):
     lock: threading.Lock
     closed: bool
     deferred: bool
+    abandoned: bool
 
+    def send(self, data: bytes) -> None: ...
     def read_frame(self, park: bool = False, waiting: bool = True) -> Any: ...
     async def read_frame_async(self) -> Frame | None: ...
     def close(self) -> None: ...
@@ -73,7 +94,8 @@ class Call:
     """One call on a connection: its ExtraInfo line to APISIX, its deadline, what runs in it."""
 
     __slots__ = (
-        "conn", "started", "deadline", "plugin", "request_id", "conf_token", "state", "slow_logged", "stuck", "_alock",
+        "conn", "started", "deadline", "plugin", "request_id", "conf_token", "state", "slow_logged", "stuck",
+        "returned", "_alock",
     )  # fmt: skip
 
     def __init__(self, conn: Line, timeout: float) -> None:
@@ -85,8 +107,14 @@ class Call:
         self.conf_token = 0
         self.state = CallState.RUNNING
         self.slow_logged = False
-        self.stuck = False  # counted in StuckCalls (a thread the watchdog gave up on)
+        self.stuck: str | None = None  # the name it counts under in StuckCalls (its thread was given up on)
+        self.returned = False  # its thread is back from the plugins
         self._alock: asyncio.Lock | None = None
+
+    @property
+    def given_up(self) -> bool:
+        """Whether the call has been given up at its deadline: nothing more may run for it."""
+        return self.state is CallState.EXPIRED or self.conn.abandoned
 
     def ask(self, question: bytes) -> bytes | bytearray:
         """Ask APISIX one ExtraInfo question on the call's connection; return its answer's payload.
@@ -99,16 +127,16 @@ class Call:
         with conn.lock:
             if self.state is CallState.DONE:
                 raise RuntimeError("this call has ended: ExtraInfo can only be asked while it is handled")
-            if self.state is CallState.EXPIRED or conn.closed:
+            if self.given_up or conn.closed:
                 raise CallAbandoned("the call was given up")
             try:
-                conn.sock.sendall(encode(MessageType.EXTRA_INFO, question))
+                conn.send(encode(MessageType.EXTRA_INFO, question))
                 answer = conn.read_frame(waiting=False)
             except (OSError, FrameError) as e:
                 raise CallAbandoned(f"connection lost while waiting for ExtraInfo: {e}") from None
-            except OverBudget:
-                conn.server.over_budget(conn)
-                raise CallAbandoned("the ExtraInfo answer would exceed the memory budget") from None
+            except Overrun as e:
+                conn.server.overrun(conn, e)
+                raise CallAbandoned(f"ExtraInfo exchange dropped: {e}") from None
             if not isinstance(answer, Frame) or answer.type != MessageType.EXTRA_INFO:
                 got = "EOF" if answer is None else f"a type-{answer.type} frame"
                 raise CallAbandoned(f"APISIX answered an ExtraInfo question with {got}")
@@ -122,7 +150,7 @@ class Call:
         async with self._alock:  # one question at a time, whichever task asks
             if self.state is CallState.DONE:
                 raise RuntimeError("this call has ended: ExtraInfo can only be asked while it is handled")
-            if self.state is CallState.EXPIRED or conn.closed:
+            if self.given_up or conn.closed:
                 raise CallAbandoned("the call was given up")
             try:
                 await asyncio.get_running_loop().sock_sendall(conn.sock, encode(MessageType.EXTRA_INFO, question))
@@ -135,13 +163,15 @@ class Call:
             return answer.payload
 
     def finish(self) -> bool:
-        """End the call by its reply; ``False`` if it had already ended (expired)."""
+        """End the call by its reply; ``False`` if it has been given up (then send nothing)."""
         with self.conn.lock:
-            if self.state is CallState.RUNNING:
+            self.returned = True
+            if self.state is CallState.RUNNING and not self.conn.abandoned:
                 self.state = CallState.DONE
                 return True
-        if self.stuck:
-            self.conn.server.stuck.leave(self.plugin)  # our thread is back from the plugin it was stuck in
+        if self.stuck is not None:
+            self.conn.server.stuck.leave(self.stuck)  # our thread is back from the plugin it was stuck in
+            self.stuck = None
         return False
 
     def expire_async(self) -> bool:
@@ -153,27 +183,21 @@ class Call:
             return True
 
     def expire(self, reply: bytes) -> bool:
-        """End the call at its deadline: send ``reply`` (an Err frame) if the socket
-        takes it at once, close the connection; ``False`` if it had ended already."""
+        """Give the call up at its deadline: send ``reply`` (an Err frame) if the
+        socket takes it at once, close the connection; ``False`` if it had ended."""
         conn = self.conn
-        if not conn.lock.acquire(timeout=0.05):
-            # An ExtraInfo question waits for APISIX: wake it, its answer is no longer wanted.
-            with contextlib.suppress(OSError):
-                conn.sock.shutdown(socket.SHUT_RDWR)
-            conn.lock.acquire()
-        try:
+        conn.abandoned = True  # an ExtraInfo wait holding the lock lets go at its next receive timeout
+        with conn.lock:
             if self.state is not CallState.RUNNING:
                 return False
             self.state = CallState.EXPIRED
-            self.stuck = True
-            conn.server.stuck.enter(self.plugin)
+            if not self.returned:
+                self.stuck = conn.server.stuck.enter(self.plugin)
             if not conn.closed:
                 with contextlib.suppress(OSError):
                     conn.sock.send(reply, socket.MSG_DONTWAIT)
                 with contextlib.suppress(OSError):
                     conn.sock.shutdown(socket.SHUT_RDWR)
-        finally:
-            conn.lock.release()
         conn.close()  # releases the descriptor now, not when the plugin returns
         return True
 

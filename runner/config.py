@@ -53,6 +53,7 @@ class Config:
     threads: int = 128
     max_connections: int = 10_000
     memory_budget: int = 64 * MIB
+    frame_timeout: float = 5.0
     call_timeout: float = 60.0
     slow_call: float = 1.0
     max_stuck_calls: int = 16
@@ -245,7 +246,8 @@ SETTINGS = (
     Setting("workers", "A6_RUNNER_WORKERS", _workers, "worker processes: a number, or auto (one per CPU)"),
     Setting("threads", "A6_RUNNER_THREADS", _positive_int, "threads running calls, per worker"),
     Setting("max_connections", "A6_RUNNER_MAX_CONNECTIONS", _positive_int, "open APISIX connections"),
-    Setting("memory_budget", "A6_RUNNER_MEMORY_BUDGET", _size, "bytes of frames being received or handled"),
+    Setting("memory_budget", "A6_RUNNER_MEMORY_BUDGET", _size, "bytes of frames received, handled or sent"),
+    Setting("frame_timeout", "A6_RUNNER_FRAME_TIMEOUT", _seconds(3600), "seconds to receive or send a frame"),
     Setting("call_timeout", "A6_RUNNER_CALL_TIMEOUT", _seconds(3600), "seconds before a call gets 503"),
     Setting("slow_call", "A6_RUNNER_SLOW_CALL", _seconds(3600), "seconds before a call is logged as slow"),
     Setting("max_stuck_calls", "A6_RUNNER_MAX_STUCK_CALLS", _positive_int, "stuck calls before a plugin fails fast"),

@@ -10,11 +10,17 @@ Rules:
   allows it, or hands the connection back to the server's selector, partial
   frame and all (``Released``). The socket's receive timeout is the park
   interval: a timed-out ``recv`` is the moment to look at the pool again.
-* Memory follows bytes received: bytes a frame is assembled from are charged
-  to the server's budget as they arrive and given back when the call they
-  belong to has been answered. A frame that would exceed the budget drops the
-  connection. A frame that arrives whole in one read (at most one receive
-  buffer) is not charged: only the running calls can hold those.
+* Memory follows bytes received: the decoder's buffer grows as bytes arrive.
+  The budget admits a frame whole or not at all: when its first bytes arrive
+  (more than one receive buffer's worth, or split) its announced length is
+  charged, and given back when the call it belongs to has been answered. A
+  frame that does not fit drops its connection at once, so that the frames
+  admitted complete under pressure rather than all being dropped part-way.
+  A frame that arrives whole in one read is not charged: only the running
+  calls can hold those.
+* Time is bounded too (``frame_timeout``): a frame must arrive within it once
+  it has started, and a reply must be read by the peer within it; a slower
+  peer is dropped. Between frames a connection may idle for ever.
 * A call's own state (its ExtraInfo line, its deadline, how it ended) is a
   ``calls.Call``.
 * A call the dispatcher returns as ``Pending`` (an async plugin chain) leaves
@@ -36,7 +42,7 @@ import time
 from typing import Any, Final, Protocol
 
 from . import aio
-from .calls import Call, OverBudget, report, report_slow
+from .calls import Call, OverBudget, Overrun, TooSlow, report, report_slow
 from .config import Config
 from .dispatch import Dispatcher, Pending
 from .errors import CallAbandoned, FrameError
@@ -59,7 +65,7 @@ class Server(Protocol):
 
     def watch(self, conn: Connection) -> None: ...
     def forget(self, conn: Connection) -> None: ...
-    def over_budget(self, conn: Connection) -> None: ...
+    def overrun(self, conn: Connection, error: Overrun) -> None: ...
 
 
 log = logging.getLogger(__name__)
@@ -84,7 +90,9 @@ def timeval(seconds: float) -> bytes:
 class Connection:
     """An accepted APISIX connection, served by pool threads one call at a time."""
 
-    __slots__ = ("server", "sock", "decoder", "lock", "charged", "closed", "deferred", "resumed")
+    __slots__ = (
+        "server", "sock", "decoder", "lock", "charged", "frame_started", "closed", "deferred", "resumed", "abandoned",
+    )  # fmt: skip
 
     def __init__(self, server: Server, sock: socket.socket) -> None:
         self.server = server
@@ -92,9 +100,11 @@ class Connection:
         self.decoder = FrameDecoder()
         self.lock = threading.Lock()  # held by a call's ExtraInfo question, its end, and close
         self.charged = 0  # bytes of this connection's frames counted in the budget
+        self.frame_started = 0.0  # when the unfinished frame in the decoder began to arrive
         self.closed = False
         self.deferred = False  # a call of this connection runs on the event loop
         self.resumed: tuple[bytes, bool] | None = None  # that call's reply, and whether to close after it
+        self.abandoned = False  # the watchdog gave its call up: it sends the 503 and closes
 
     # --- serving ------------------------------------------------------------
 
@@ -109,7 +119,7 @@ class Connection:
                 reply, close = self.resumed
                 self.resumed = None
                 self._release_charge()
-                self.sock.sendall(reply)
+                self.send(reply)
                 if close or server.closing:
                     self.close()
                     return
@@ -138,22 +148,26 @@ class Connection:
                     return
                 reply = result
                 if not call.finish():
-                    self.close()  # the watchdog answered it (or APISIX left): nothing more to send
-                    return
+                    return  # given up: the watchdog answers it and closes
                 self._release_charge()
-                self.sock.sendall(reply)
+                self.send(reply)
                 if server.closing:
                     self.close()
                     return
                 park = pool.may_park()
         except CallAbandoned as e:
             log.debug("call abandoned: %s", e)
+            if self.abandoned:
+                return  # the watchdog answers it and closes
         except FrameError as e:
             log.debug("dropping connection: %s", e)
-        except OverBudget:
-            server.over_budget(self)
-        except OSError as e:  # ConnectionError, a send timeout, a socket the watchdog closed
+        except Overrun as e:
+            server.overrun(self, e)
+        except OSError as e:  # ConnectionError, a socket the watchdog closed
             log.debug("connection lost: %s", e)
+        except BaseException:
+            self.close()  # the pool logs it: a connection in an unknown state is not served on
+            raise
         self.close()
 
     # --- calls on the event loop ------------------------------------------------
@@ -177,8 +191,8 @@ class Connection:
             pass  # the deadline: ``_expire`` has answered
         except CallAbandoned as e:
             log.debug("call abandoned: %s", e)
-        except OverBudget:
-            self.server.over_budget(self)
+        except Overrun as e:
+            self.server.overrun(self, e)
         except BaseException:  # the dispatcher turns errors into replies: this is the runner's own fault
             log.exception("unexpected error in an async call")
         finally:
@@ -205,7 +219,10 @@ class Connection:
         self.server.pool.submit(self)
 
     async def read_frame_async(self) -> Frame | None:
-        """``read_frame`` inside a deferred call: the next whole frame, ``None`` at EOF."""
+        """``read_frame`` inside a deferred call: the next whole frame, ``None`` at EOF.
+
+        (The call's deadline bounds it: the task is cancelled then.)
+        """
         loop = asyncio.get_running_loop()
         decoder = self.decoder
         while (received := decoder.next_frame()) is None:
@@ -216,8 +233,8 @@ class Connection:
                 return None
             if not decoder.pending and (whole := decoder.whole_frame(data)) is not None:
                 return whole
-            self._charge(len(data))
-            decoder.feed(data)
+            self._feed(data)
+        self._frame_done()
         return received
 
     def read_frame(self, park: bool = False, waiting: bool = True) -> Frame | _Released | None:
@@ -225,16 +242,25 @@ class Connection:
 
         ``waiting``: between calls, where the connection may go back to the
         selector (``RELEASED``): at once unless ``park``, else when the pool
-        needs the thread. Inside a call (an ExtraInfo answer) it waits on.
+        needs the thread (or the server is closing). A frame that has started
+        is waited for only while the pool can spare the thread; otherwise it
+        goes back to the selector with the bytes received so far. Inside a
+        call (an ExtraInfo answer) it waits on, until the call is given up.
         """
         decoder = self.decoder
         sock = self.sock
+        pool = self.server.pool
         flags = 0 if park or not waiting else socket.MSG_DONTWAIT
         while (received := decoder.next_frame()) is None:
             try:
                 data = sock.recv(RECV_SIZE, flags)
             except BlockingIOError:  # the park interval passed, or (MSG_DONTWAIT) nothing is here yet
-                if waiting and (flags or self.server.pool.should_release()):
+                if decoder.pending and time.monotonic() - self.frame_started > self.server.config.frame_timeout:
+                    raise self.too_slow() from None
+                if not waiting:
+                    if self.abandoned:
+                        raise CallAbandoned("the call was given up while waiting for ExtraInfo") from None
+                elif flags or pool.should_release() or (self.server.closing and not decoder.pending):
                     return RELEASED
                 continue
             if not data:
@@ -243,21 +269,83 @@ class Connection:
                 return None
             if not decoder.pending and (whole := decoder.whole_frame(data)) is not None:
                 return whole
-            flags = 0  # a frame has started: wait for the rest of it
-            self._charge(len(data))
-            decoder.feed(data)
+            self._feed(data)
+            if waiting:
+                flags = 0 if pool.may_park() else socket.MSG_DONTWAIT
+            elif self.abandoned:
+                raise CallAbandoned("the call was given up while waiting for ExtraInfo")
+        self._frame_done()
         return received
+
+    def _feed(self, data: bytes) -> None:
+        decoder = self.decoder
+        if not decoder.pending:
+            self.frame_started = time.monotonic()
+        decoder.feed(data)
+        wanted = decoder.wanted
+        if wanted > self.charged:
+            budget = self.server.budget
+            if not budget.take(wanted - self.charged):
+                raise OverBudget(
+                    f"a frame of {wanted} bytes would take the bytes held for frames past memory_budget = "
+                    f"{budget.limit} ({budget.used} in use)"
+                )
+            self.charged = wanted
+        if time.monotonic() - self.frame_started > self.server.config.frame_timeout:
+            raise self.too_slow()
+
+    def _frame_done(self) -> None:
+        if self.decoder.pending:
+            self.frame_started = time.monotonic()  # the next frame began in the same read
+
+    def too_slow(self) -> TooSlow:
+        return TooSlow(
+            f"a frame took more than frame_timeout = {self.server.config.frame_timeout:g} s to arrive "
+            f"({self.decoder.pending} of {self.decoder.wanted} bytes received)"
+        )
+
+    def send(self, data: bytes) -> None:
+        """Send all of ``data``; a peer that has not read it within ``frame_timeout`` is dropped.
+
+        A reply that does not fit the socket's buffer at once is charged to the
+        budget while it waits for the peer.
+        """
+        sock = self.sock
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        budget = self.server.budget
+        left = len(data) - sent
+        if not budget.take(left):
+            raise OverBudget(
+                f"a reply of {len(data)} bytes waiting for the peer would take the bytes held for frames past "
+                f"memory_budget = {budget.limit} ({budget.used} in use)"
+            )
+        timeout = self.server.config.frame_timeout
+        deadline = time.monotonic() + timeout
+        try:
+            with memoryview(data) as view:
+                while sent < len(data):
+                    if time.monotonic() > deadline:
+                        raise TooSlow(
+                            f"the peer did not read a reply of {len(data)} bytes within frame_timeout = {timeout:g} s "
+                            f"({sent} bytes read)"
+                        )
+                    try:
+                        sent += sock.send(view[sent:])  # waits up to the socket's send timeout
+                    except BlockingIOError:
+                        pass
+        finally:
+            budget.give(left)
 
     # --- the budget -----------------------------------------------------------
 
-    def _charge(self, size: int) -> None:
-        if not self.server.budget.take(size):
-            raise OverBudget
-        self.charged += size
-
     def _release_charge(self) -> None:
-        done = self.charged - self.decoder.pending
-        if done:
+        done = self.charged - self.decoder.wanted
+        if done > 0:
             self.charged -= done
             self.server.budget.give(done)
 
@@ -273,13 +361,8 @@ class Connection:
             if self.charged:
                 self.server.budget.give(self.charged)
                 self.charged = 0
+            self.decoder.clear()  # whoever still refers to the connection, its bytes go now
         self.server.forget(self)
-
-    def wake(self) -> None:
-        """Wake a thread parked on this connection (for the drain): bytes already
-        received are still read, then the parked ``recv`` sees EOF."""
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RD)
 
     def fileno(self) -> int:
         return self.sock.fileno()

@@ -37,7 +37,8 @@ strings, so everything decoded from a payload it built costs at most the
 payload's own length: ``BUDGET_PER_BYTE = 1`` never refuses one. A decoded
 entry (list cell, tuple, two ``str``) takes about 170 bytes of Python
 objects for its 17 budget bytes, so decoded size stays within about 10 x the
-payload, and decoding work is linear in it.
+payload, and decoding work is linear in it. A vector also holds at most
+``MAX_ENTRIES``, which bounds one list of pairs whatever the payload size.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from .protocol import (
 __all__ = [
     "BUDGET_PER_BYTE",
     "ENTRY_COST",
+    "MAX_ENTRIES",
     "Buffer",
     "PrepareConf",
     "ReqCall",
@@ -76,6 +78,10 @@ Buffer = bytes | bytearray
 BUDGET_PER_BYTE = 1
 #: Budget bytes each decoded ``[TextEntry]`` costs besides its strings' bytes.
 ENTRY_COST = 17
+#: Entries in one ``[TextEntry]`` vector. nginx's header buffers keep what
+#: APISIX sends in the hundreds; 65,536 decoded entries are about 11 MiB of
+#: Python objects, which the budget alone would let a 16 MiB payload pass.
+MAX_ENTRIES = 65_536
 
 T = TypeVar("T")
 
@@ -198,6 +204,8 @@ class _Table:
         if vec is None:
             return [], 0
         start, count = vec
+        if count > MAX_ENTRIES:
+            raise DecodeError(f"{what}: {count} entries, over the limit of {MAX_ENTRIES}")
         cost = count * ENTRY_COST
         buf = self._buf
         size = len(buf)

@@ -30,7 +30,7 @@ from .errors import (
     RunnerError,
     TokenNotFound,
 )
-from .logs import Throttle
+from .logs import Throttle, describe
 from .metrics import Metrics
 from .phases import (
     Call,
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 _PREPARE_CONF, _REQ_CALL, _RESP_CALL = (
     int(t) for t in (MessageType.PREPARE_CONF, MessageType.HTTP_REQ_CALL, MessageType.HTTP_RESP_CALL)
 )
+MAX_CONF_VALUE = 1 << 20  # characters of one plugin's conf in a route
 CONFIGURE_TIMEOUT = 10.0  # seconds an async configure may take (PrepareConf is waited for under APISIX's lock)
 _ERR_FRAMES = {code: frame.encode(MessageType.ERROR, encode.err(code)) for code in ErrCode}
 
@@ -128,7 +129,7 @@ class Dispatcher:
                     return Pending(self._finish(run_request_phase_async(prepared, req, call, *self._context), type_))
                 reply = frame.encode(_REQ_CALL, run_request_phase(prepared, req, call, *self._context))
             elif type_ == _PREPARE_CONF:
-                reply = frame.encode(_PREPARE_CONF, self._prepare_conf(payload))
+                reply = frame.encode(_PREPARE_CONF, self._prepare_conf(payload, call))
             elif type_ == _RESP_CALL:
                 resp = decode.resp_call(payload)
                 call.request_id, call.conf_token = resp.id, resp.conf_token
@@ -166,9 +167,13 @@ class Dispatcher:
             elif isinstance(error, PluginError):
                 extra = {"plugin": error.plugin, "request_id": error.request_id, "conf_token": error.conf_token}
                 log.error("%s", error, exc_info=error.__cause__, extra=extra)
-            elif isinstance(error, (TokenNotFound, ConfUnusable)):
-                # Expected after a restart, or a bad conf logged once when it was prepared.
-                log.debug("%s", error)
+            elif isinstance(error, TokenNotFound):
+                # Expected once per route after a restart; many per second is a peer guessing.
+                _unknown_throttle.log(
+                    log, logging.WARNING, "token", "%s (APISIX prepares the route again after this reply)", error
+                )
+            elif isinstance(error, ConfUnusable):
+                log.debug("%s", error)  # logged once, when the conf was prepared
             else:
                 log.warning("replying %s to a type-%d frame: %s", error.code.name, type_, error)
             code = error.code
@@ -182,13 +187,13 @@ class Dispatcher:
         if self.metrics is not None:
             self.metrics.call(_TYPE_NAMES.get(type_, "other"), outcome)
 
-    def _prepare_conf(self, payload: decode.Buffer) -> bytes:
+    def _prepare_conf(self, payload: decode.Buffer, call: Call) -> bytes:
         req = decode.prepare_conf(payload)
         failed: list[str] = []
 
         def build() -> tuple[Prepared, bool]:
             registry = self.registry
-            prepared = self.prepare(req.conf, registry)
+            prepared = self.prepare(req.conf, registry, call)
             if prepared.error:
                 failed.append(prepared.error)
             # Built with plugins a reload has replaced meanwhile: valid, but not
@@ -202,9 +207,14 @@ class Dispatcher:
             log.error("conf token %d (key %r) fails every call with 503: %s", token, req.key, failed[0])
         return encode.prepare_conf(token)
 
-    def prepare(self, conf: list[tuple[str, str]], registry: PluginRegistry | None = None) -> Prepared:
-        """Instantiate and configure the plugins of one route conf, in order. Never raises.
+    def prepare(
+        self, conf: list[tuple[str, str]], registry: PluginRegistry | None = None, call: Call | None = None
+    ) -> Prepared:
+        """Instantiate and configure the plugins of one route conf, in order.
 
+        Never raises, but ``PluginStuck`` (a plugin whose ``configure`` hangs is
+        failed fast like its calls; no token is made). ``call`` is the
+        PrepareConf's, for the watchdog to name the plugin configuring.
         Conf values are never logged or echoed (they hold secrets): a rejection
         names the plugin and the exception only.
         """
@@ -215,10 +225,17 @@ class Dispatcher:
             name = registry.canonical(given)
             if cls is None or name is None:
                 return _unusable(f"unknown plugin {given!r} (loaded: {', '.join(registry.names()) or 'none'})")
+            if len(value) > MAX_CONF_VALUE:
+                # Decoded JSON can take 20 times its text: a token must not hold that much.
+                return _unusable(f"conf of plugin {name!r} is {len(value)} bytes, over the {MAX_CONF_VALUE} limit")
             try:
                 config = value if cls.raw_config else json.loads(value) if value.strip() else None
             except (ValueError, RecursionError) as e:
-                return _unusable(f"conf of plugin {name!r} is not JSON: {type(e).__name__}: {e}")
+                return _unusable(f"conf of plugin {name!r} is not JSON: {describe(e)}")
+            if self.stuck.counts and self.stuck.over(name):
+                raise PluginStuck(name, self.stuck.limit)
+            if call is not None:
+                call.plugin = name
             try:
                 plugin = cls()
                 plugin.config = config
@@ -228,7 +245,10 @@ class Dispatcher:
                 if converted is not None:
                     plugin.config = converted
             except BaseException as e:  # whatever a plugin raises fails its conf, not the runner
-                return _unusable(f"plugin {name!r} rejected its conf: {type(e).__name__}: {e}")
+                return _unusable(f"plugin {name!r} rejected its conf: {describe(e)}")
+            finally:
+                if call is not None:
+                    call.plugin = None
             chain.append((name, plugin))
         return prepared(chain, registry)
 
@@ -240,3 +260,4 @@ class Dispatcher:
 
 
 _stuck_throttle = Throttle(1.0)
+_unknown_throttle = Throttle()

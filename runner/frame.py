@@ -107,3 +107,17 @@ class FrameDecoder:
     def pending(self) -> int:
         """Bytes held that do not yet form a whole frame (non-zero at EOF = truncated)."""
         return len(self._buf)
+
+    @property
+    def wanted(self) -> int:
+        """Bytes the decoder will hold once its first unfinished frame is whole
+        (what it holds, while that frame's header is incomplete)."""
+        buf = self._buf
+        if len(buf) < HEADER_LEN:
+            return len(buf)
+        word: int = _HEADER.unpack_from(buf)[0]
+        return max(len(buf), HEADER_LEN + (word & MAX_PAYLOAD))
+
+    def clear(self) -> None:
+        """Drop what is held (the connection is gone)."""
+        self._buf = bytearray()

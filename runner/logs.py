@@ -16,6 +16,12 @@ Rules:
 * Records about a call carry ``request_id``, ``plugin`` and ``conf_token``
   (passed with ``extra=``); text lines append them as ``key=value``, JSON lines
   as fields. With several worker processes, JSON lines also carry ``worker``.
+* A line holds at most ``MAX_LINE`` characters (the rest is cut, saying how
+  much): a peer's bytes in a message cannot cost the log more than that.
+* Everything Python itself would print to stderr goes through the same
+  formatter: uncaught exceptions in threads (``threading.excepthook``),
+  exceptions nobody can catch (``sys.unraisablehook``: a ``__del__`` that
+  raises) and warnings.
 * When stderr is the journal (``JOURNAL_STREAM`` names it), every line starts
   with its record's syslog priority (``<3>`` ...), continuation lines and JSON
   lines included, so ``journalctl -p err`` shows all of an error; the journal
@@ -33,6 +39,7 @@ import threading
 import time
 
 CALL_FIELDS = ("request_id", "plugin", "conf_token", "worker")
+MAX_LINE = 8192
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
@@ -51,6 +58,27 @@ def escape(text: str) -> str:
     return _UNSAFE.sub(_escape_char, text)
 
 
+def cut(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` shortened to about ``limit`` characters, saying how many were left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def text_of(error: BaseException) -> str:
+    """``str(error)``, even for an exception whose ``__str__`` raises (plugins' exceptions can)."""
+    try:
+        return str(error)
+    except BaseException:
+        return "(its str() raised)"
+
+
+def describe(error: BaseException) -> str:
+    """``Type: message`` for an exception."""
+    text = text_of(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def _call_fields(record: logging.LogRecord) -> dict[str, object]:
     return {k: getattr(record, k) for k in CALL_FIELDS if getattr(record, k, None) is not None}
 
@@ -67,14 +95,14 @@ class TextFormatter(logging.Formatter):
         self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
-        head = escape(self.formatMessage(self._prepared(record)))
+        head = escape(cut(self.formatMessage(self._prepared(record))))
         fields = _call_fields(record)
         if fields:
             head += "".join(f" {k}={escape(str(v))}" for k, v in fields.items())
         lines = [head]
         detail = self._detail(record)
         if detail:
-            lines += ["    " + escape(line) for line in detail.splitlines()]
+            lines += ["    " + escape(cut(line)) for line in detail.splitlines()]
         if self.journal:
             prefix = f"<{priority(record)}>"
             lines = [prefix + line for line in lines]
@@ -107,7 +135,7 @@ class JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": cut(record.getMessage()),
             **_call_fields(record),
         }
         if record.exc_info:
@@ -139,6 +167,28 @@ def configure(level: str, fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)
+    threading.excepthook = _thread_exception
+    sys.unraisablehook = _unraisable
+
+
+def _thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return  # as Python's own hook: a thread may end itself that way
+    name = args.thread.name if args.thread is not None else "?"
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback) if args.exc_value is not None else None
+    logging.getLogger("runner").error("uncaught exception in thread %r", name, exc_info=exc_info)
+
+
+def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    what = unraisable.err_msg or "Exception ignored in"
+    try:
+        where = repr(unraisable.object) if unraisable.object is not None else ""
+    except BaseException:
+        where = f"<{type(unraisable.object).__name__} object>"
+    error = unraisable.exc_value
+    exc_info = (type(error), error, unraisable.exc_traceback) if error is not None else None
+    logging.getLogger("runner").error("%s: %s", what, cut(where, 512), exc_info=exc_info)
 
 
 def log_with_stack(

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, Protocol
 from . import aio, decode, encode
 from .errors import CallAbandoned, DecodeError, PluginError, PluginStuck
 from .http import ExtraInfo, Request, Response
+from .logs import text_of
 from .metrics import Metrics
 from .plugins import (
     Plugin,
@@ -52,6 +53,11 @@ class Call(Protocol):
     request_id: int
     conf_token: int
     deadline: float  # time.monotonic() at which the call is given up
+
+    @property
+    def given_up(self) -> bool:
+        """Whether the call was given up at its deadline (no further plugin may run for it)."""
+        ...
 
     def ask(self, question: bytes) -> decode.Buffer:
         """Send an ExtraInfo.Req payload on the call's connection; return the ExtraInfo.Resp payload."""
@@ -119,6 +125,8 @@ def _run(
     *args: object,
 ) -> Any:
     """Call one plugin method, as the module docstring says."""
+    if call.given_up:
+        raise CallAbandoned(f"the call was given up: plugin {name!r} is not run")
     if stuck is not None and stuck.counts and stuck.over(name):
         raise PluginStuck(name, stuck.limit)
     started = time.perf_counter() if metrics is not None else 0.0
@@ -142,7 +150,7 @@ def _run(
 
 
 def _failure(name: str, what: str, req: decode.ReqCall | decode.RespCall, error: BaseException) -> PluginError:
-    message = f"plugin {name!r} raised {type(error).__name__} in {what}: {error}"
+    message = f"plugin {name!r} raised {type(error).__name__} in {what}: {text_of(error)}"
     return PluginError(name, message, req.id, req.conf_token)
 
 

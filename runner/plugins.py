@@ -187,7 +187,8 @@ class PluginRegistry:
         if cls.filter is Plugin.filter and cls.response_filter is Plugin.response_filter:
             raise PluginLoadError(path, f"{cls.__name__} defines neither filter() nor response_filter()")
         for method in ("filter", "response_filter", "configure", "startup", "shutdown"):
-            if inspect.isasyncgenfunction(getattr(cls, method, None)):
+            found = getattr(cls, method, None)
+            if inspect.isasyncgenfunction(found) or inspect.isgeneratorfunction(found):
                 # Iterated by nobody, it would do nothing and let every request through.
                 raise PluginLoadError(path, f"{cls.__name__}.{method} must be a function or a coroutine function")
         self._classes[name] = cls

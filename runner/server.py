@@ -12,7 +12,9 @@ bounded pool (``pool``) instead of a thread per connection. Rules:
   served whatever the pool size.
 * Every resource a peer can make us hold is bounded: connections
   (``max_connections``, refused beyond with a throttled log line), bytes of
-  frames being received or handled (``memory_budget``), threads (``threads``).
+  frames being received or handled (``memory_budget``), threads (``threads``),
+  time (``frame_timeout``: an idle connection holding an unfinished frame is
+  swept from the selector once the frame is older than that).
   Accept errors at the descriptor limit are logged once per burst, with the
   limit and what to raise, and accepting backs off instead of spinning.
 * Peers not allowed by ``allowed_uids``/``allowed_gids`` are refused at accept.
@@ -20,7 +22,8 @@ bounded pool (``pool``) instead of a thread per connection. Rules:
 Shutdown: ``shutdown`` stops the selector thread, ``server_close`` closes the
 listener (and removes our socket path), ``drain`` answers every call already
 received: idle connections with bytes waiting are served, then closed; parked
-ones are woken and served or closed; busy ones close after their reply.
+ones close at their next park interval unless a frame arrives; busy ones
+close after their reply (their ExtraInfo exchanges go on undisturbed).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import threading
 import time
 
 from . import sockets, tuning
+from .calls import Overrun
 from .config import Config
 from .connection import Connection, timeval
 from .dispatch import Dispatcher, err_frame
@@ -48,6 +52,7 @@ log = logging.getLogger(__name__)
 
 ACCEPT_BURST = 64  # connections accepted per wake-up before the selector looks at the others again
 PARK_INTERVAL = 0.25  # seconds a parked thread waits before it looks at the pool again
+SWEEP_INTERVAL = 0.5  # seconds between looks for unfinished frames past frame_timeout
 _PAUSE_MIN, _PAUSE_MAX = 0.05, 1.0  # back-off after an accept failure at the descriptor limit
 _ACCEPT_LIMIT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _LISTENER, _WAKEUP = object(), object()
@@ -116,6 +121,8 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
         self._gone = threading.Condition(self._lock)
         self._connections: set[Connection] = set()
         self._idle: set[Connection] = set()  # registered with the selector
+        self._unfinished: set[Connection] = set()  # of those, the ones holding part of a frame
+        self._next_sweep = 0.0
         self._selector = selectors.DefaultSelector()
         self._wakeup = socket.socketpair()
         self._stop = False
@@ -169,8 +176,11 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
                         self._wakeup[0].recv(4096)
                     else:
                         self._ready(key.data)
-                if paused and time.monotonic() >= paused:
+                now = time.monotonic()
+                if paused and now >= paused:
                     self._resume_accepting()
+                if self._unfinished and now >= self._next_sweep:
+                    self._sweep(now)
         finally:
             self._stopped.set()
 
@@ -185,14 +195,30 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
             if conn not in self._idle:
                 return
             self._idle.discard(conn)
+            self._unfinished.discard(conn)
             self._selector.unregister(conn.sock)
         self.pool.submit(conn)
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + SWEEP_INTERVAL
+        limit = self.config.frame_timeout
+        with self._lock:
+            late = [c for c in self._unfinished if now - c.frame_started > limit]
+            for conn in late:
+                self._unfinished.discard(conn)
+                self._idle.discard(conn)
+                self._selector.unregister(conn.sock)
+        for conn in late:
+            self.overrun(conn, conn.too_slow())
+            conn.close()
 
     def watch(self, conn: Connection) -> None:
         """Take ``conn`` back from a pool thread: it waits in the selector, holding no thread."""
         with self._lock:
             if not self.closing and not conn.closed:
                 self._idle.add(conn)
+                if conn.decoder.pending:
+                    self._unfinished.add(conn)
                 self._selector.register(conn.sock, selectors.EVENT_READ, conn)
                 return
         conn.close()
@@ -282,10 +308,11 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
     def process_request(self, request: object, client_address: object) -> None:
         assert isinstance(request, socket.socket)
         request.setblocking(True)
-        # The receive timeout is the park interval (connection.py); the send
-        # timeout bounds what a peer that stops reading can hold.
-        request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(PARK_INTERVAL))
-        request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(self.call_timeout))
+        # The receive and send timeouts are the park interval: a blocked recv or
+        # send returns that often to check the pool and frame_timeout (connection.py).
+        interval = timeval(PARK_INTERVAL)
+        request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, interval)
+        request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, interval)
         conn = Connection(self, request)
         with self._lock:
             if self.closing:
@@ -299,15 +326,14 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
 
     # --- budget -------------------------------------------------------------
 
-    def over_budget(self, conn: Connection) -> None:
+    def overrun(self, conn: Connection, error: Overrun) -> None:
+        """Log a connection dropped for what it would make us hold (one line per setting and second)."""
+        advice = {
+            "memory_budget": "raise memory_budget, or expect 503s for large bodies at this concurrency",
+            "frame_timeout": "a peer this slow is not APISIX on this host, or the host is overloaded",
+        }
         self._throttle.log(
-            log,
-            logging.WARNING,
-            "memory_budget",
-            "dropping an APISIX connection: its frame would take the bytes held for frames past "
-            "memory_budget = %d (%d in use); raise memory_budget, or expect 503s for large bodies at this concurrency",
-            self.budget.limit,
-            self.budget.used,
+            log, logging.WARNING, error.setting, "dropping an APISIX connection: %s; %s", error, advice[error.setting]
         )
 
     # --- observation ----------------------------------------------------------
@@ -332,16 +358,14 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
             self.closing = True
             idle = list(self._idle)
             self._idle.clear()
+            self._unfinished.clear()
             for conn in idle:
                 self._selector.unregister(conn.sock)
-            busy = [c for c in self._connections if c not in idle]
         for conn in idle:
-            if _has_bytes(conn.sock):
+            if conn.decoder.pending or _has_bytes(conn.sock):
                 self.pool.submit(conn)  # a call that reached us before the drain: answer it
             else:
                 conn.close()
-        for conn in busy:
-            conn.wake()  # a parked thread reads what is there, then sees EOF; a busy one is unaffected
         with self._lock:
             self._gone.wait_for(lambda: not self._connections, max(0.0, deadline - time.monotonic()))
             left = len(self._connections)

@@ -465,6 +465,7 @@ class _KitCall:
         self.request_id = 0
         self.conf_token = 0
         self.deadline = time.monotonic() + 60.0  # as APISIX's default timeout
+        self.given_up = False
         self._answer = (vars, bodies, asked)
 
     def ask(self, question: bytes) -> bytes:

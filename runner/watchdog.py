@@ -9,9 +9,13 @@ Rules:
   threads cannot be killed), so it is retired from the pool and a fresh thread
   takes its place; the call counts as stuck, per plugin, until the plugin
   returns (``StuckCalls``, also a metric).
-* When a plugin has ``max_stuck_calls`` stuck calls, its new calls fail fast
-  with a 503 (the dispatcher asks ``StuckCalls.over``) instead of feeding it
-  more threads: total threads stay below ``threads`` + plugins x that bound.
+* When a plugin has ``max_stuck_calls`` stuck calls, its new calls (and its
+  ``configure``) fail fast with a 503 (the phases ask ``StuckCalls.over``)
+  instead of feeding it more threads. Calls already inside a plugin when it
+  reaches the bound may still get stuck, at most one per pool thread, so the
+  threads stay at most 2 x ``threads`` + plugins x ``max_stuck_calls``.
+* The stack and the plugin are taken before the call is given up: an
+  ExtraInfo wait that is woken unwinds at once and would hide where it was.
 * A call running longer than ``slow_call`` is logged once as a warning with
   its stack, so a slow plugin is found before it times out.
 """
@@ -42,15 +46,18 @@ class StuckCalls:
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
 
-    def enter(self, plugin: str | None) -> None:
+    def enter(self, plugin: str | None) -> str:
+        """Count one stuck call in ``plugin``; returns the name to ``leave`` with."""
+        name = plugin or RUNNER
         with self._lock:
-            self.counts[plugin or RUNNER] += 1
+            self.counts[name] += 1
+        return name
 
-    def leave(self, plugin: str | None) -> None:
+    def leave(self, name: str) -> None:
         with self._lock:
-            self.counts[plugin or RUNNER] -= 1
-            if self.counts[plugin or RUNNER] <= 0:
-                del self.counts[plugin or RUNNER]
+            self.counts[name] -= 1
+            if self.counts[name] <= 0:
+                del self.counts[name]
 
     def over(self, plugin: str) -> bool:
         return self.counts.get(plugin, 0) >= self.limit
@@ -120,26 +127,28 @@ class Watchdog(Generic[B]):
                 continue
             call = cast(RunningCall, worker.call)
             if now >= call.deadline:
+                plugin, stack = call.plugin, _stack(worker)
                 if call.expire(self._reply):
                     self._retire(worker)
-                    self._report(worker, call, logging.ERROR, "timed out", now)
+                    outcome = "replied 503 and closed the connection; the thread stays stuck until the plugin returns"
+                    _report(call, plugin, stack, logging.ERROR, "timed out", outcome, now)
             elif not call.slow_logged and now - call.started >= self.slow_call:
                 call.slow_logged = True
-                self._report(worker, call, logging.WARNING, "is slow", now)
+                _report(call, call.plugin, _stack(worker), logging.WARNING, "is slow", "still running", now)
 
-    def _report(self, worker: B, call: RunningCall, level: int, what: str, now: float) -> None:
-        where = f"plugin {call.plugin!r}" if call.plugin else "the runner (no plugin running)"
-        if level == logging.ERROR:
-            outcome = "replied 503 and closed the connection; the thread stays stuck until the plugin returns"
-        else:
-            outcome = "still running"
-        frame = sys._current_frames().get(worker.thread.ident) if worker.thread and worker.thread.ident else None
-        stack = "".join(traceback.format_stack(frame)) if frame is not None else "(stack unavailable)"
-        logs.log_with_stack(
-            log,
-            level,
-            "call %s after %.1f s in %s: %s; its stack:",
-            (what, now - call.started, where, outcome),
-            stack,
-            {"plugin": call.plugin, "request_id": call.request_id, "conf_token": call.conf_token},
-        )
+
+def _stack(worker: Busy) -> str:
+    frame = sys._current_frames().get(worker.thread.ident) if worker.thread and worker.thread.ident else None
+    return "".join(traceback.format_stack(frame)) if frame is not None else "(stack unavailable)"
+
+
+def _report(call: RunningCall, plugin: str | None, stack: str, level: int, what: str, outcome: str, now: float) -> None:
+    where = f"plugin {plugin!r}" if plugin else "the runner (no plugin running)"
+    logs.log_with_stack(
+        log,
+        level,
+        "call %s after %.1f s in %s: %s; its stack:",
+        (what, now - call.started, where, outcome),
+        stack,
+        {"plugin": plugin, "request_id": call.request_id, "conf_token": call.conf_token},
+    )

@@ -95,6 +95,7 @@ class StubCall:
         self.request_id = 0
         self.conf_token = 0
         self.deadline = time.monotonic() + timeout
+        self.given_up = False
 
     def ask(self, question: bytes) -> bytes:
         return self.NO_RESULT
