@@ -238,6 +238,15 @@ def test_entrypoint_is_exec_form_and_healthcheck_follows_pid_1_with_a_start_peri
     assert json.loads(command) == [RUNNER_BIN, "health", "--pid", "1"]
 
 
+def test_image_plugins_are_writable_by_root_only_whatever_the_checkout() -> None:
+    # COPY keeps the context's modes; a umask-002 checkout would give group-writable files,
+    # which the runner refuses on a writable root.
+    runtime = dockerfile_stages()[-1]
+    copy = runtime.index(("COPY", "plugins /etc/apisix-runner/plugins"))
+    runs = [json.loads(rest) for op, rest in runtime[copy:] if op == "RUN"]
+    assert ["/usr/bin/chmod", "-R", "u=rwX,go=rX", "/etc/apisix-runner/plugins"] in runs
+
+
 def test_runtime_stage_gets_only_the_venv_from_the_build_stage() -> None:
     runtime = dockerfile_stages()[-1]
     assert [rest for op, rest in runtime if op == "COPY" and "--from" in rest] == [
