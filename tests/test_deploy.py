@@ -188,6 +188,16 @@ def test_install_steps_create_what_the_units_use() -> None:
     assert "systemctl enable --now apisix-python-runner.socket apisix-python-runner.service" in install
 
 
+def test_documented_checks_see_the_plugin_directory_as_the_service_does() -> None:
+    # DynamicUser=yes alone makes the whole file system read-only, where every plugin file
+    # passes the audit; the service's ConfigurationDirectory= is mounted as it is on the host.
+    directory = one(SERVICE, "Service", "ConfigurationDirectory")
+    for block in ("systemd-check", "systemd-recover"):
+        command = docs_block(block).replace("\\\n", " ")
+        assert f"-p DynamicUser=yes -p ConfigurationDirectory={directory} " in command
+        assert f"{RUNNER_BIN} check --config /etc/apisix-runner/runner.toml" in command
+
+
 def test_documented_recovery_resets_and_starts_the_socket_unit() -> None:
     recover = docs_block("systemd-recover")
     assert "systemctl reset-failed apisix-python-runner.service apisix-python-runner.socket" in recover
