@@ -13,7 +13,7 @@ VOL=a6-verify
 NAMES=(a6-runner a6-plugins a6-socket a6-other a6-hold a6-busy a6-workers)
 cd "$REPO"
 
-cleanup() { docker rm -f "${NAMES[@]}" >/dev/null 2>&1 || true; docker volume rm -f "$VOL" >/dev/null 2>&1 || true; }
+cleanup() { docker rm -f -v "${NAMES[@]}" >/dev/null 2>&1 || true; docker volume rm -f "$VOL" >/dev/null 2>&1 || true; }
 cleanup
 
 [ "${SKIP_BASE:-0}" = 1 ] || OUT=$WORK/base deploy/image/build-base.sh
@@ -99,7 +99,7 @@ check "docker stop: exit code 0, in $took ms" test "$code" = 0 -a "$took" -lt 10
 check "docker stop: the log says it stopped on the signal" contains "$(docker logs a6-runner 2>&1)" "stopping on signal"
 left=$(dr -v "$VOL:/run/a6" --entrypoint /bin/ls "$IMAGE" -A /run/a6)
 check "docker stop: the socket is gone from the volume" test -z "$left"
-docker rm -f a6-runner >/dev/null
+docker rm -f -v a6-runner >/dev/null
 
 # --- plugins from a host directory (docs: -v "$PWD/plugins:/etc/apisix-runner/plugins:ro") --
 plugins=$WORK/plugins && rm -rf "$plugins" && mkdir -m 0755 "$plugins" && install -m 0644 plugins/*.py "$plugins/"
@@ -142,7 +142,7 @@ code=$(docker wait a6-plugins)
 log=$(docker logs a6-plugins 2>&1)
 check "SIGTERM with 16 idle connections and a call in a plugin: exit $code in $took ms (< 1000)" test "$code" = 0 -a "$took" -lt 1000
 check "... the log says one call was left after drain_timeout" contains "$log" "exiting with 1 connection(s) still busy after 0.7 s"
-docker rm -f a6-plugins a6-hold a6-busy >/dev/null
+docker rm -f -v a6-plugins a6-hold a6-busy >/dev/null
 
 # --- a Kubernetes ConfigMap volume: the kubelet's layout, read-only ----------------------
 # ..<timestamp>/ holds the files, ..data links to it, each key links into ..data; root's,
@@ -198,7 +198,7 @@ docker run -d --name a6-runner --network none --read-only --group-add 636 \
 logged a6-runner "serving on" || true
 check "0660 socket of group 636: APISIX's 636:636 connects" test "$(as 636:636)" = ok
 check "0660 socket of group 636: uid 1000 gets permission denied" contains "$(as 1000:1000)" "Permission denied"
-docker rm -f a6-runner >/dev/null
+docker rm -f -v a6-runner >/dev/null
 docker run -d --name a6-runner --network none --read-only -e A6_RUNNER_ALLOWED_UIDS=636,65532 -v "$VOL:/run/a6" "$IMAGE" >/dev/null
 logged a6-runner "serving on" || true
 check "allowed_uids 636,65532 (socket 0766): 636 is answered" test "$(as 636:636)" = ok
@@ -206,7 +206,7 @@ check "allowed_uids: the HEALTHCHECK's uid 65532 (listed) is answered" test "$(d
 out=$(as 1000:1000)
 check "allowed_uids: uid 1000 is refused, and the runner logs who ($out)" test "$out" != ok -a \
     -n "$(docker logs a6-runner 2>&1 | grep 'refusing a connection' | grep -q 'uid 1000' && echo logged)"
-docker rm -f a6-runner >/dev/null
+docker rm -f -v a6-runner >/dev/null
 
 # --- deploy/compose.yaml (the runner service; no APISIX image is needed for it) --------
 if command -v docker-compose >/dev/null; then
@@ -236,7 +236,7 @@ stdin_case() {  # req what, docker options...
     if [ "$req" = - ]; then check "$what with stdin closed keeps running (running=$running)" test "$running" = true
     else expect "$req" "$what with stdin closed keeps running (running=$running)" test "$running" = true; fi
     [ "$running" = true ] || note "its log: $(docker logs a6-other 2>&1 | tail -1)"
-    docker rm -f a6-other >/dev/null; wait "$attached" || true
+    docker rm -f -v a6-other >/dev/null; wait "$attached" || true
 }
 stdin_case - "docker run -i (the runner is PID 1)"
 stdin_case - "docker run --init -i" --init
@@ -261,7 +261,7 @@ metrics_case() {  # what, docker options...
             test -n "$(contains "$log" "cannot start" && ! contains "$log" Traceback && echo clean)"
         note "run said: $(echo "$log" | tail -1 | cut -c1-150)"
     fi
-    docker rm -f a6-other >/dev/null
+    docker rm -f -v a6-other >/dev/null
 }
 metrics_case "metrics_host ::1, IPv6 on lo" --sysctl net.ipv6.conf.lo.disable_ipv6=0
 metrics_case "metrics_host ::1, no IPv6 (Docker's default without an IPv6 network)"
@@ -272,7 +272,7 @@ docker run -d --name a6-socket --network none --read-only -v "$VOL:/run/a6" --us
 logged a6-socket "serving on" || true
 out=$(docker exec a6-socket $BIN health --pid 1 2>&1) && rc=0 || rc=$?
 check "health --pid 1 probes the socket given with --socket ($out)" test "$rc:$out" = "0:ok"
-docker rm -f a6-socket >/dev/null
+docker rm -f -v a6-socket >/dev/null
 
 # --- workers = 2: a master (PID 1) and two worker processes ----------------------------
 docker volume rm -f "$VOL" >/dev/null; docker volume create "$VOL" >/dev/null
@@ -289,7 +289,7 @@ t=$(ms); docker stop a6-workers >/dev/null; took=$(( $(ms) - t ))
 log=$(docker logs a6-workers 2>&1)
 check "workers = 2: docker stop: exit $(docker inspect -f '{{.State.ExitCode}}' a6-workers) in $took ms, no worker killed" \
     test "$(docker inspect -f '{{.State.ExitCode}}' a6-workers):$(contains "$log" "did not stop in time" && echo killed)" = "0:" -a "$took" -lt 1000
-docker rm -f a6-workers >/dev/null
+docker rm -f -v a6-workers >/dev/null
 
 cleanup
 summary

@@ -15,7 +15,7 @@ IMAGE=${IMAGE:-apisix-python-runner:verify}
 BODIES=${BODIES:-12} SIZE=${SIZE:-15728640} ROUNDS=${ROUNDS:-3} IDLE=${IDLE:-64}
 LIMIT=${LIMIT:-256m} VOL=a6-memory
 env_opts=(); for kv in ${RUNNER_ENV:-}; do env_opts+=(-e "$kv"); done
-cleanup() { docker rm -f a6-memory >/dev/null 2>&1 || true; docker volume rm -f "$VOL" >/dev/null 2>&1 || true; }
+cleanup() { docker rm -f -v a6-memory >/dev/null 2>&1 || true; docker volume rm -f "$VOL" >/dev/null 2>&1 || true; }
 cleanup
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }  # kB -> MiB
 
