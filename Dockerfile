@@ -32,6 +32,10 @@ RUN python3 -m pip wheel --no-cache-dir --no-deps --no-build-isolation . -w /whe
 FROM ${BASE}
 COPY --from=build /opt/apisix-runner /opt/apisix-runner
 COPY plugins /etc/apisix-runner/plugins
+# COPY keeps the build context's modes, and a checkout made with umask 002 has
+# group-writable files, which the runner refuses to import (unless the root is
+# read-only). Root-owned, writable by root only, whatever the checkout.
+RUN ["/usr/bin/chmod", "-R", "u=rwX,go=rX", "/etc/apisix-runner/plugins"]
 # The socket directory, shared with APISIX. Owned by the runner's uid: a new
 # named or anonymous volume copies this owner. A tmpfs or a bind mount must be
 # given that owner too (docs/operations.md, "Docker: the socket directory").

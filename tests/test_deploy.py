@@ -188,6 +188,16 @@ def test_install_steps_create_what_the_units_use() -> None:
     assert "systemctl enable --now apisix-python-runner.socket apisix-python-runner.service" in install
 
 
+def test_documented_checks_see_the_plugin_directory_as_the_service_does() -> None:
+    # DynamicUser=yes alone makes the whole file system read-only, where every plugin file
+    # passes the audit; the service's ConfigurationDirectory= is mounted as it is on the host.
+    directory = one(SERVICE, "Service", "ConfigurationDirectory")
+    for block in ("systemd-check", "systemd-recover"):
+        command = docs_block(block).replace("\\\n", " ")
+        assert f"-p DynamicUser=yes -p ConfigurationDirectory={directory} " in command
+        assert f"{RUNNER_BIN} check --config /etc/apisix-runner/runner.toml" in command
+
+
 def test_documented_recovery_resets_and_starts_the_socket_unit() -> None:
     recover = docs_block("systemd-recover")
     assert "systemctl reset-failed apisix-python-runner.service apisix-python-runner.socket" in recover
@@ -236,6 +246,15 @@ def test_entrypoint_is_exec_form_and_healthcheck_follows_pid_1_with_a_start_peri
     options, _, command = runtime["HEALTHCHECK"].partition(" CMD ")
     assert "--start-period=" in options
     assert json.loads(command) == [RUNNER_BIN, "health", "--pid", "1"]
+
+
+def test_image_plugins_are_writable_by_root_only_whatever_the_checkout() -> None:
+    # COPY keeps the context's modes; a umask-002 checkout would give group-writable files,
+    # which the runner refuses on a writable root.
+    runtime = dockerfile_stages()[-1]
+    copy = runtime.index(("COPY", "plugins /etc/apisix-runner/plugins"))
+    runs = [json.loads(rest) for op, rest in runtime[copy:] if op == "RUN"]
+    assert ["/usr/bin/chmod", "-R", "u=rwX,go=rX", "/etc/apisix-runner/plugins"] in runs
 
 
 def test_runtime_stage_gets_only_the_venv_from_the_build_stage() -> None:
@@ -416,13 +435,19 @@ def test_images_are_not_always_pulled() -> None:
         assert not c["image"].endswith(":latest") and ":" in c["image"]
 
 
-def test_runner_has_requests_and_limits_with_memory_marked_to_be_measured() -> None:
+def test_runner_memory_is_measured_for_the_defaults_it_keeps() -> None:
     (runner,) = pod_spec(manifest())["initContainers"]
     assert set(runner["resources"]) == {"requests", "limits"}
-    assert {"cpu", "memory"} <= set(runner["resources"]["requests"]) and "memory" in runner["resources"]["limits"]
+    assert runner["resources"]["requests"]["memory"] == "64Mi" and "cpu" in runner["resources"]["requests"]
+    assert runner["resources"]["limits"]["memory"] == "256Mi"
+    # The figures hold for one process with the default memory_budget (docs/operations.md, "Memory").
+    env = {e["name"] for e in runner["env"]}
+    assert not env & {"A6_RUNNER_WORKERS", "A6_RUNNER_MEMORY_BUDGET"}
+    assert not {"--workers", "--memory-budget"} & set(runner["args"])
     text = (DEPLOY / "kubernetes.yaml").read_text()
-    resources = text[text.index("          resources:") : text.index("      containers:")]
-    assert resources.count("TODO-MEASURED") == 2  # one for the request, one for the limit
+    assert "TODO-MEASURED" not in text
+    just_above = text[: text.index("          resources:")].rsplit("livenessProbe:", 1)[-1]
+    assert "deploy/verify/memory.sh" in just_above  # where the figures come from
 
 
 def test_plugin_configmap_is_the_repository_example() -> None:

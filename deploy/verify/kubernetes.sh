@@ -17,6 +17,6 @@ note "1.28 accepts the native-sidecar field in its schema; without the SidecarCo
 # A validator that cannot fail proves nothing: an unknown field must be refused.
 sed 's/restartPolicy: Always/restartPolicy: Always\n          sidecarMode: yes/' "$MANIFEST" > "$WORK/broken.yaml"
 check "the validator refuses an unknown field" bash -c "! $WORK/kv/bin/kubernetes-validate --strict --quiet -k 1.33.0 $WORK/broken.yaml >/dev/null 2>&1"
-check "restricted Pod Security fields, native sidecar, socket config (pytest)" \
+check "restricted Pod Security fields, native sidecar, socket config, measured memory (pytest)" \
     bash -c "cd '$REPO' && '${PYTHON:-$REPO/.venv/bin/python}' -m pytest -q tests/test_deploy.py -k 'restricted or sidecar or socket or pulled or measured' >/dev/null"
 summary

@@ -1,8 +1,8 @@
 # Shared by the verify scripts: result bookkeeping and a local PyPI mirror.
 # Every check ends in one line:
 #   PASS  what was verified
-#   FAIL  what the deployment files get wrong (the script exits 1)
-#   RUNNER Rn  what fails because the runner lacks requirement Rn of
+#   FAIL  what the deployment files (or the runner behaviour they rely on) get wrong (the script exits 1)
+#   RUNNER Dn  what fails because of the known runner defect Dn of
 #              deploy/verify/README.md (exit 0 unless STRICT=1)
 # shellcheck shell=bash
 set -euo pipefail
@@ -18,7 +18,7 @@ note() { echo "      $*"; }
 
 # check "what" CMD...: PASS if CMD succeeds, FAIL otherwise.
 check() { local what=$1; shift; if "$@"; then pass "$what"; else fail "$what"; fi; }
-# expect Rn "what" CMD...: PASS if CMD succeeds, RUNNER Rn otherwise.
+# expect Dn "what" CMD...: PASS if CMD succeeds, RUNNER Dn otherwise.
 expect() { local req=$1 what=$2; shift 2; if "$@"; then pass "$what"; else runner_side "$req" "$what"; fi; }
 # contains TEXT NEEDLE...: every NEEDLE occurs in TEXT.
 contains() { local text=$1; shift; local n; for n in "$@"; do [[ $text == *"$n"* ]] || return 1; done; }

@@ -2,10 +2,11 @@
 # The systemd units, for real, on Debian 12 (systemd 252) and Debian 13 (systemd 257):
 # boot a fresh copy of each root file system from rootfs.sh with systemd-nspawn, run
 # docs/operations.md's install block verbatim, then check socket activation, reload,
-# the watchdog, the start limit and its documented recovery, journal priorities,
-# stop and `systemd-analyze security`. About 4 minutes per version (plus rootfs.sh
-# the first time). Needs root, systemd-container and mmdebstrap. Idempotent: each run
-# works on new copies under $WORK/machines.
+# the plugin directory audit, the watchdog, the start limit and its documented
+# recovery, journal priorities, workers = 2, stop and `systemd-analyze security`.
+# About 2 minutes per version (plus rootfs.sh the first time). Needs root,
+# systemd-container and mmdebstrap. Idempotent: each run works on new copies under
+# $WORK/machines.
 #   VERSIONS="deb13"   only one of them
 #   WHEEL=path.whl     install this wheel instead of one built from the tree (e.g. a prototype)
 source "$(dirname "$0")/lib.sh"
@@ -17,6 +18,7 @@ BIN=/opt/apisix-runner/bin/apisix-python-runner
 PY=/opt/apisix-runner/bin/python
 PLUGINS=/etc/apisix-runner/plugins
 PROBE=/usr/local/lib/a6-probe.py
+SAY_OK="err=None action=stop status=201"
 
 "$REPO/deploy/verify/rootfs.sh"
 # The wheel, as the docs build it.
@@ -56,6 +58,10 @@ wait_until() { local _; for _ in $(seq "$1"); do msh "$2" && return 0; sleep 1; 
 plugin() { m sh -c "cat > $PLUGINS/$1.py"; }  # name, code on stdin
 dropin() { m mkdir -p "/etc/systemd/system/$SVC.d"; echo "$2" | m sh -c "cat > /etc/systemd/system/$SVC.d/$1.conf"; m systemctl daemon-reload; }
 undrop() { m rm -f "/etc/systemd/system/$SVC.d/$1.conf"; m systemctl daemon-reload; }
+call() { m runuser -u nobody -- $PY $PROBE $SOCK "$1" 2>&1 || true; }  # plugin: what APISIX would read
+journal() { m journalctl -q --no-pager -u $SVC --since="@$1"; }  # since
+# The docs' check command (it sees the files as the service does), stdout and stderr.
+check_as_service() { m bash -c "$(block systemd-check)" 2>&1; }
 
 for name in $VERSIONS; do
     boot "$name"
@@ -84,8 +90,7 @@ for name in $VERSIONS; do
     check "$name: health as nobody (group apisix) answers ok" test "$out" = ok
     out=$(m runuser -u daemon -- $BIN health --socket $SOCK 2>&1) || true
     check "$name: a user outside group apisix gets permission denied" contains "$out" "Permission denied"
-    out=$(m runuser -u nobody -- $PY $PROBE $SOCK say 2>&1) || true
-    check "$name: an APISIX call through the socket (say: stop 201)" test "$out" = "err=None action=stop status=201"
+    check "$name: an APISIX call through the socket (say: stop 201)" test "$(call say)" = "$SAY_OK"
 
     # --- socket activation ---------------------------------------------------------------
     m systemctl stop $SVC
@@ -97,18 +102,30 @@ for name in $VERSIONS; do
     # --- reload ----------------------------------------------------------------------------
     sed 's/class Say(/class Say2(/; s/name = "say"/name = "say2"/' "$REPO/plugins/say.py" | plugin say2
     t=$(since); m systemctl reload $SVC > "$WORK/$name-reload.log" 2>&1 && rc=0 || rc=$?
-    out=$(m runuser -u nobody -- $PY $PROBE $SOCK say2 2>&1) || true
-    reload_ok=no; [ "$rc:$out" = "0:err=None action=stop status=201" ] && reload_ok=yes
-    expect R5 "$name: systemctl reload exits 0 and the new plugin serves at once (rc=$rc, say2: $out)" test $reload_ok = yes
-    [ $reload_ok = yes ] || note "reload said: $(m journalctl -q --no-pager -u $SVC --since=@$t | tail -2 | tr '\n' ' ')"
+    out=$(call say2)
+    check "$name: systemctl reload exits 0 and the new plugin serves at once (rc=$rc, say2: $out)" test "$rc:$out" = "0:$SAY_OK"
+    [ "$rc:$out" = "0:$SAY_OK" ] || note "reload said: $(journal "$t" | tail -2 | tr '\n' ' ')"
     echo 'raise RuntimeError("broken on purpose")' | plugin broken
     t=$(since); m systemctl reload $SVC > /dev/null 2>&1 && rc=0 || rc=$?
     e=$(errs "$t" -u $SVC)
-    expect R5 "$name: a failed reload makes systemctl reload exit non-zero, reason in -p err (rc=$rc)" \
-        test "$reload_ok:$rc:$(contains "$e" 'broken on purpose' && echo named)" = "yes:1:named"
-    out=$(m runuser -u nobody -- $PY $PROBE $SOCK say 2>&1) || true
-    check "$name: after the failed reload the old plugins still serve" test "$out" = "err=None action=stop status=201"
+    check "$name: a failed reload makes systemctl reload exit 1, reason in -p err (rc=$rc)" \
+        test "$rc:$(contains "$e" 'broken on purpose' && echo named)" = "1:named"
+    check "$name: after the failed reload the old plugins still serve" test "$(call say)" = "$SAY_OK"
     m rm -f $PLUGINS/broken.py
+
+    # --- the plugin directory audit ---------------------------------------------------------
+    out=$(check_as_service) && rc=0 || rc=$?
+    check "$name: the installed plugin directory (root's, 0755/0644) passes check as a DynamicUser (rc=$rc)" \
+        contains "$rc:$out" "0:" "ok: 7 plugin(s) from $PLUGINS"
+    m chmod g+w $PLUGINS/say.py
+    out=$(check_as_service) && rc=0 || rc=$?
+    check "$name: a group-writable plugin file: check exits 1 naming it (rc=$rc)" \
+        test "$rc:$(contains "$out" "$PLUGINS/say.py" "writable by its group" && echo named)" = "1:named"
+    note "check said: $(echo "$out" | grep -m1 error | cut -c1-170)"
+    t=$(since); m systemctl reload $SVC > /dev/null 2>&1 && rc=0 || rc=$?
+    check "$name: ... systemctl reload refuses it too (rc=$rc), reason in -p err" \
+        test "$rc:$(contains "$(errs "$t" -u $SVC)" "writable by its group" && echo named)" = "1:named"
+    m chmod g-w $PLUGINS/say.py
 
     # --- errors reach journalctl -p err: runtime (text, json), check -----------------------
     printf 'from runner import Plugin\n\nclass Boom(Plugin):\n    name = "boom"\n\n    def filter(self, request, response):\n        raise RuntimeError("boom on purpose")\n' | plugin boom
@@ -116,13 +133,13 @@ for name in $VERSIONS; do
     t=$(since); m runuser -u nobody -- $PY $PROBE $SOCK boom > /dev/null 2>&1 || true; sleep 1
     check "$name: text format: a plugin exception is in journalctl -p err" contains "$(errs "$t" -u $SVC)" "boom on purpose"
     line=$(m journalctl -q --no-pager -o cat -u $SVC -n 200 | grep -m1 'serving on' || true)
-    expect R3 "$name: text lines under journald carry no timestamp of their own: '${line:0:40}...'" \
+    check "$name: text lines under journald carry no timestamp of their own: '${line:0:40}...'" \
         test -n "$line" -a "${line:0:2}" != "20"
     dropin json '[Service]
 Environment=A6_RUNNER_LOG_FORMAT=json'
     m systemctl restart $SVC
     t=$(since); m runuser -u nobody -- $PY $PROBE $SOCK boom > /dev/null 2>&1 || true; sleep 1
-    expect R2 "$name: json format: a plugin exception is in journalctl -p err" contains "$(errs "$t" -u $SVC)" "boom on purpose"
+    check "$name: json format: a plugin exception is in journalctl -p err" contains "$(errs "$t" -u $SVC)" "boom on purpose"
     note "json line: $(m journalctl -q --no-pager -o cat -u $SVC --since=@$t | grep -m1 boom | cut -c1-100)"
     undrop json; m systemctl restart $SVC
 
@@ -131,9 +148,9 @@ Environment=A6_RUNNER_LOG_FORMAT=json'
     m systemd-run --quiet --unit=$unit --wait -p DynamicUser=yes $BIN check --config /etc/apisix-runner/runner.toml \
         > /dev/null 2>&1 && rc=0 || rc=$?
     check "$name: check exits non-zero on a broken plugin (rc=$rc)" test "$rc" != 0
-    expect R1 "$name: check's error is in journalctl -p err" contains "$(errs "$t" -u $unit)" "broken on purpose"
+    check "$name: check's error is in journalctl -p err" contains "$(errs "$t" -u $unit)" "broken on purpose"
     out=$(m systemd-run --quiet --pipe --wait -p DynamicUser=yes $BIN check --config /etc/apisix-runner/runner.toml 2>/dev/null) || true
-    expect R1 "$name: check prints its error on stderr, not stdout" test -z "$(contains "$out" 'broken on purpose' && echo stdout)"
+    check "$name: check prints its error on stderr, not stdout" test -z "$(contains "$out" 'broken on purpose' && echo stdout)"
 
     # --- start limit with the broken plugin, and the documented recovery ------------------
     # Every start counts towards the limit, the restarts above too: start from zero.
@@ -168,6 +185,35 @@ WatchdogSec=3s'
         contains "$(m journalctl -q --no-pager -u $SVC --since=@$t)" "Watchdog timeout"
     check "$name: ... and the new runner serves" test "$new" != "$old" -a "$(m runuser -u nobody -- $BIN health --socket $SOCK 2>&1)" = ok
     undrop watchdog; m systemctl restart $SVC
+
+    # --- workers = 2: a master and two workers on the socket unit's socket ----------------------
+    m systemctl reset-failed $SVC  # the restarts above count towards the start limit
+    echo "workers = 2" | m sh -c "cat >> /etc/apisix-runner/runner.toml"  # as the docs say
+    m systemctl stop $SVC
+    t=$(since); out=$(call say)  # socket activation starts it
+    master=$(mainpid); workers=$(m ps -o pid= --ppid "$master" | xargs)
+    check "$name: workers = 2: a connection starts a master and 2 workers ($workers) and is answered ($out)" \
+        test "$(echo $workers | wc -w):$out:$(contains "$(journal "$t")" "with 2 worker processes" && echo logged)" = "2:$SAY_OK:logged"
+    sed 's/class Say(/class Say3(/; s/name = "say"/name = "say3"/' "$REPO/plugins/say.py" | plugin say3
+    t=$(since); m systemctl reload $SVC > /dev/null 2>&1 && rc=0 || rc=$?
+    out=$(call say3)
+    check "$name: workers = 2: systemctl reload exits 0, both workers switch, say3 serves (rc=$rc, $out)" \
+        test "$rc:$out:$(contains "$(journal "$t")" "in 2 worker(s)" && echo both)" = "0:$SAY_OK:both"
+    echo 'raise RuntimeError("broken on purpose")' | plugin broken
+    t=$(since); m systemctl reload $SVC > /dev/null 2>&1 && rc=0 || rc=$?
+    check "$name: workers = 2: a failed reload exits 1 (rc=$rc), reason in -p err, the old plugins serve" \
+        test "$rc:$(contains "$(errs "$t" -u $SVC)" 'broken on purpose' && echo named):$(call say3)" = "1:named:$SAY_OK"
+    m rm -f $PLUGINS/broken.py
+    t=$(since); call boom > /dev/null; sleep 1
+    e=$(errs "$t" -u $SVC)
+    check "$name: workers = 2: a plugin exception in a worker is in -p err, naming the worker" contains "$e" "boom on purpose" "worker="
+    note "$(echo "$e" | grep -m1 'boom on purpose' | cut -c1-170)"
+    t=$(since); m systemctl stop $SVC
+    alive=$(for p in $master $workers; do if m test -d "/proc/$p"; then echo "$p"; fi; done | tr '\n' ' ')
+    log=$(journal "$t")
+    check "$name: workers = 2: systemctl stop: master and workers gone (left: ${alive:-none}), none killed, socket kept" \
+        test "$alive|$(contains "$log" "stopping on signal" && ! contains "$log" "did not stop in time" && echo clean)|$(m systemctl is-active $SOCK_UNIT)" = "|clean|active"
+    m sed -i '/^workers = 2$/d' /etc/apisix-runner/runner.toml; m systemctl start $SVC
 
     # --- hardening, stop --------------------------------------------------------------------
     score=$(m systemd-analyze security --no-pager $SVC 2>&1 | grep -m1 'Overall exposure' || true)
