@@ -228,8 +228,7 @@ class Connection:
         while (received := decoder.next_frame()) is None:
             data = await loop.sock_recv(self.sock, RECV_SIZE)
             if not data:
-                if decoder.pending:
-                    raise FrameError(f"connection closed inside a frame ({decoder.pending} bytes buffered)")
+                self._eof()
                 return None
             if not decoder.pending and (whole := decoder.whole_frame(data)) is not None:
                 return whole
@@ -264,8 +263,7 @@ class Connection:
                     return RELEASED
                 continue
             if not data:
-                if decoder.pending:
-                    raise FrameError(f"connection closed inside a frame ({decoder.pending} bytes buffered)")
+                self._eof()
                 return None
             if not decoder.pending and (whole := decoder.whole_frame(data)) is not None:
                 return whole
@@ -276,6 +274,11 @@ class Connection:
                 raise CallAbandoned("the call was given up while waiting for ExtraInfo")
         self._frame_done()
         return received
+
+    def _eof(self) -> None:
+        """At EOF: fine between frames, ``FrameError`` inside one."""
+        if self.decoder.pending:
+            raise FrameError(f"connection closed inside a frame ({self.decoder.pending} bytes buffered)")
 
     def _feed(self, data: bytes) -> None:
         decoder = self.decoder

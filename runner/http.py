@@ -145,7 +145,44 @@ def _checked_status(value: object) -> int:
     return value
 
 
-class Request:
+class _Message:
+    """What a request and a response share: lazily built ``headers``, a settable body, ``var()``."""
+
+    __slots__ = ("deadline", "_headers", "_body", "_new_body", "_extra")
+
+    _headers: Headers | Load
+    _body: bytes | str | None
+    _new_body: bytes | None
+    _extra: ExtraInfo
+
+    @property
+    def headers(self) -> Headers:
+        headers = self._headers
+        if not isinstance(headers, Headers):
+            headers = self._headers = Headers(load=headers)
+        return headers
+
+    @headers.setter
+    def headers(self, value: Pairs) -> None:
+        self._headers = Headers(value, load=self.headers.sent)
+
+    def _set_body(self, value: bytes | str) -> None:
+        self._new_body = _body_bytes(value)
+        self._body = value if isinstance(value, str) else self._new_body
+
+    def var(self, name: str) -> str | None:
+        """An nginx/APISIX variable (``host``, ``remote_addr``, ``route_id``, ``cookie_x``...).
+
+        ``None`` when APISIX has no value for it, ``""`` when it is empty.
+        """
+        return self._extra.var(name)
+
+    async def fetch_var(self, name: str) -> str | None:
+        """``var`` for async plugins: asks APISIX without blocking the event loop."""
+        return await self._extra.fetch_var(name)
+
+
+class Request(_Message):
     """The client request as APISIX sees it at this phase; change it to rewrite it.
 
     ``path`` (decoded, no query string), ``headers`` and ``args`` are
@@ -162,8 +199,7 @@ class Request:
     ``body`` stands for the body APISIX would send.
     """
 
-    __slots__ = ("id", "method", "deadline", "_path", "_sent_path", "_src_ip", "_headers", "_args", "_body",
-                 "_new_body", "_extra")  # fmt: skip
+    __slots__ = ("id", "method", "_path", "_sent_path", "_src_ip", "_args")
 
     def __init__(
         self,
@@ -225,17 +261,6 @@ class Request:
         return ip
 
     @property
-    def headers(self) -> Headers:
-        headers = self._headers
-        if not isinstance(headers, Headers):
-            headers = self._headers = Headers(load=headers)
-        return headers
-
-    @headers.setter
-    def headers(self, value: Pairs) -> None:
-        self._headers = Headers(value, load=self.headers.sent)
-
-    @property
     def args(self) -> Args:
         args = self._args
         if not isinstance(args, Args):
@@ -264,8 +289,7 @@ class Request:
 
     @body.setter
     def body(self, value: bytes | str) -> None:
-        self._new_body = _body_bytes(value)
-        self._body = value if isinstance(value, str) else self._new_body
+        self._set_body(value)
 
     @property
     def body_for_upstream(self) -> bytes | None:
@@ -278,22 +302,11 @@ class Request:
             self._body = await self._extra.fetch(InfoKind.REQ_BODY) or b""
         return self._body
 
-    def var(self, name: str) -> str | None:
-        """An nginx/APISIX variable (``host``, ``remote_addr``, ``route_id``, ``cookie_x``...).
-
-        ``None`` when APISIX has no value for it, ``""`` when it is empty.
-        """
-        return self._extra.var(name)
-
-    async def fetch_var(self, name: str) -> str | None:
-        """``var`` for async plugins: asks APISIX without blocking the event loop."""
-        return await self._extra.fetch_var(name)
-
     def __repr__(self) -> str:
         return f"<Request id={self.id} {self.method} {self.path!r}>"
 
 
-class Response:
+class Response(_Message):
     """The response a plugin produces (request phase) or the upstream's (response phase).
 
     Request phase: set ``status_code``, ``headers`` and ``body`` and call
@@ -307,7 +320,7 @@ class Response:
     with (request phase) or stands for the upstream's (response phase).
     """
 
-    __slots__ = ("deadline", "_status", "_headers", "_body", "_new_body", "_upstream", "_extra")
+    __slots__ = ("_status", "_upstream")
 
     def __init__(
         self,
@@ -335,17 +348,6 @@ class Response:
         self._status = _checked_status(value)
 
     @property
-    def headers(self) -> Headers:
-        headers = self._headers
-        if not isinstance(headers, Headers):
-            headers = self._headers = Headers(load=headers)
-        return headers
-
-    @headers.setter
-    def headers(self, value: Pairs) -> None:
-        self._headers = Headers(value, load=self.headers.sent)
-
-    @property
     def body(self) -> bytes | str | None:
         """The body: assign ``str`` or ``bytes`` to answer with it; in the response phase,
         reading it first asks APISIX for the upstream's (``b""`` if none)."""
@@ -355,8 +357,7 @@ class Response:
 
     @body.setter
     def body(self, value: bytes | str) -> None:
-        self._new_body = _body_bytes(value)
-        self._body = value if isinstance(value, str) else self._new_body
+        self._set_body(value)
 
     @property
     def body_for_client(self) -> bytes | None:
@@ -372,14 +373,6 @@ class Response:
         if self._body is None and self._upstream:
             self._body = await self._extra.fetch(InfoKind.RESP_BODY) or b""
         return self._body
-
-    def var(self, name: str) -> str | None:
-        """An nginx/APISIX variable, as ``Request.var``."""
-        return self._extra.var(name)
-
-    async def fetch_var(self, name: str) -> str | None:
-        """``var`` for async plugins, as ``Request.fetch_var``."""
-        return await self._extra.fetch_var(name)
 
     def __repr__(self) -> str:
         return f"<Response {self._status}>"

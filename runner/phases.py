@@ -125,10 +125,7 @@ def _run(
     *args: object,
 ) -> Any:
     """Call one plugin method, as the module docstring says."""
-    if call.given_up:
-        raise CallAbandoned(f"the call was given up: plugin {name!r} is not run")
-    if stuck is not None and stuck.counts and stuck.over(name):
-        raise PluginStuck(name, stuck.limit)
+    _admit(name, call, stuck)
     started = time.perf_counter() if metrics is not None else 0.0
     failed = True
     call.plugin = name
@@ -136,22 +133,13 @@ def _run(
         result = fn(*args)
         failed = False
         return result
-    except (CallAbandoned, DecodeError):
-        # Not the plugin's fault: APISIX closed the connection, or sent bytes
-        # (headers decoded on first use, an ExtraInfo answer) that do not decode.
-        failed = False
-        raise
     except BaseException as e:
+        failed = _plugins_fault(e, on_loop=False)
+        if not failed:
+            raise
         raise _failure(name, what, req, e) from e
     finally:
-        call.plugin = None
-        if metrics is not None:
-            metrics.plugin(name, time.perf_counter() - started, failed)
-
-
-def _failure(name: str, what: str, req: decode.ReqCall | decode.RespCall, error: BaseException) -> PluginError:
-    message = f"plugin {name!r} raised {type(error).__name__} in {what}: {text_of(error)}"
-    return PluginError(name, message, req.id, req.conf_token)
+        _ran(name, call, metrics, started, failed)
 
 
 async def _run_async(
@@ -165,8 +153,7 @@ async def _run_async(
     *args: object,
 ) -> Any:
     """``_run`` on the event loop: ``fn`` is awaited, or (sync) run off the loop."""
-    if stuck is not None and stuck.over(name):
-        raise PluginStuck(name, stuck.limit)
+    _admit(name, call, stuck)
     started = time.perf_counter() if metrics is not None else 0.0
     failed = True
     call.plugin = name
@@ -174,21 +161,42 @@ async def _run_async(
         result = await (fn(*args) if is_async(fn) else aio.sync_step(fn, *args))
         failed = False
         return result
-    except (CallAbandoned, DecodeError):
-        failed = False
-        raise
-    except asyncio.CancelledError as e:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            failed = False
-            raise  # the call's deadline: the connection answers for it
-        raise _failure(name, what, req, e) from e
     except BaseException as e:
+        failed = _plugins_fault(e, on_loop=True)
+        if not failed:
+            raise
         raise _failure(name, what, req, e) from e
     finally:
-        call.plugin = None
-        if metrics is not None:
-            metrics.plugin(name, time.perf_counter() - started, failed)
+        _ran(name, call, metrics, started, failed)
+
+
+def _admit(name: str, call: Call, stuck: StuckCalls | None) -> None:
+    if call.given_up:
+        raise CallAbandoned(f"the call was given up: plugin {name!r} is not run")
+    if stuck is not None and stuck.counts and stuck.over(name):
+        raise PluginStuck(name, stuck.limit)
+
+
+def _plugins_fault(error: BaseException, on_loop: bool) -> bool:
+    if isinstance(error, (CallAbandoned, DecodeError)):
+        # Not the plugin's fault: APISIX closed the connection, or sent bytes
+        # (headers decoded on first use, an ExtraInfo answer) that do not decode.
+        return False
+    if on_loop and isinstance(error, asyncio.CancelledError):
+        task = asyncio.current_task()
+        return task is None or not task.cancelling()  # cancelled by the call's deadline: the connection answers
+    return True
+
+
+def _ran(name: str, call: Call, metrics: Metrics | None, started: float, failed: bool) -> None:
+    call.plugin = None
+    if metrics is not None:
+        metrics.plugin(name, time.perf_counter() - started, failed)
+
+
+def _failure(name: str, what: str, req: decode.ReqCall | decode.RespCall, error: BaseException) -> PluginError:
+    message = f"plugin {name!r} raised {type(error).__name__} in {what}: {text_of(error)}"
+    return PluginError(name, message, req.id, req.conf_token)
 
 
 # --- the request phase --------------------------------------------------------------
