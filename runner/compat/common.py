@@ -16,7 +16,8 @@ Rules:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from runner import Args, Headers
 
@@ -24,6 +25,7 @@ __all__ = [
     "PLUGIN_ACTION_REWRITE",
     "PLUGIN_ACTION_STOP",
     "RESP_MAX_DATA_SIZE",
+    "Fields",
     "Request",
     "Response",
     "apply_sets",
@@ -45,6 +47,42 @@ class Request:
 
 class Response:
     """Base of the response objects legacy plugins get (``apisix.runner.http.response.Response``)."""
+
+
+class Fields:
+    """The dict behind 0.2.0's ``get_header``/``set_header``/``get_headers``/``set_headers`` (and args).
+
+    Read from the runner's ``read()`` on first use (``collapsed``), or empty;
+    ``value`` stays ``None`` until then, so an untouched request is left alone.
+    The setters refuse empty keys and values, as the official runner did.
+    """
+
+    __slots__ = ("_read", "value")
+
+    def __init__(self, read: Callable[[], Headers | Args] | None = None) -> None:
+        self._read = read
+        self.value: Any = None if read is not None else {}
+
+    def all(self) -> Any:
+        if self.value is None:
+            assert self._read is not None
+            self.value = collapsed(self._read())
+        return self.value
+
+    def get(self, key: str) -> Any:
+        return self.all().get(key)
+
+    def set(self, key: str, value: Any) -> bool:
+        if not (key and value):
+            return False
+        self.all()[key] = value
+        return True
+
+    def replace(self, values: Any) -> bool:
+        if not values:
+            return False
+        self.value = values
+        return True
 
 
 def collapsed(pairs: Headers | Args) -> dict[str, str]:

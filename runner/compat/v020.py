@@ -30,7 +30,7 @@ from runner import Plugin
 from runner import Request as RunnerRequest
 from runner import Response as RunnerResponse
 
-from .common import Request, Response, apply_sets, collapsed, exploded, latin1
+from .common import Fields, Request, Response, apply_sets, exploded, latin1
 
 __all__ = ["Plugin020", "PluginBase", "Request020", "Response020"]
 
@@ -58,8 +58,8 @@ class Request020(Request):
 
     def __init__(self, request: RunnerRequest) -> None:
         self._source = request
-        self._headers: Any = None  # a dict once read (or what set_headers stored)
-        self._args: Any = None
+        self._headers = Fields(lambda: request.headers)
+        self._args = Fields(lambda: request.args)
         self._uri: str | None = None
         self._method: str | None = None
         self._remote_addr: str | None = None
@@ -72,44 +72,28 @@ class Request020(Request):
     # headers and args: live dicts, last value per name
 
     def get_header(self, key: str) -> Any:
-        return self.get_headers().get(key)
+        return self._headers.get(key)
 
     def set_header(self, key: str, value: Any) -> bool:
-        if not (key and value):
-            return False
-        self.get_headers()[key] = value
-        return True
+        return self._headers.set(key, value)
 
     def get_headers(self) -> Any:
-        if self._headers is None:
-            self._headers = collapsed(self._source.headers)
-        return self._headers
+        return self._headers.all()
 
     def set_headers(self, headers: Any) -> bool:
-        if not headers:
-            return False
-        self._headers = headers
-        return True
+        return self._headers.replace(headers)
 
     def get_arg(self, key: str) -> Any:
-        return self.get_args().get(key)
+        return self._args.get(key)
 
     def set_arg(self, key: str, value: Any) -> bool:
-        if not (key and value):
-            return False
-        self.get_args()[key] = value
-        return True
+        return self._args.set(key, value)
 
     def get_args(self) -> Any:
-        if self._args is None:
-            self._args = collapsed(self._source.args)
-        return self._args
+        return self._args.all()
 
     def set_args(self, args: Any) -> bool:
-        if not args:
-            return False
-        self._args = args
-        return True
+        return self._args.replace(args)
 
     def get_uri(self) -> str:
         return self._source.path if self._uri is None else self._uri
@@ -205,17 +189,17 @@ class Request020(Request):
         request = self._source
         if self._uri is not None and self._uri != request.path:
             request.path = self._uri
-        if self._headers is not None:
-            apply_sets(request.headers, self._headers, "the request headers")
-        if self._args is not None:
-            apply_sets(request.args, self._args, "the request args")
+        if self._headers.value is not None:
+            apply_sets(request.headers, self._headers.value, "the request headers")
+        if self._args.value is not None:
+            apply_sets(request.args, self._args.value, "the request args")
 
 
 class Response020(Response):
     """A 0.2.0 ``response``: setting anything on it answers the client instead of proxying."""
 
     def __init__(self, request_id: int) -> None:
-        self._headers: Any = {}
+        self._headers = Fields()
         self._body: Any = ""
         self._status = 0
         self._req_id = request_id
@@ -224,19 +208,13 @@ class Response020(Response):
         return self._headers.get(key)
 
     def set_header(self, key: str, value: Any) -> bool:
-        if not (key and value):
-            return False
-        self._headers[key] = value
-        return True
+        return self._headers.set(key, value)
 
     def get_headers(self) -> Any:
-        return self._headers
+        return self._headers.all()
 
     def set_headers(self, headers: Any) -> bool:
-        if not headers:
-            return False
-        self._headers = headers
-        return True
+        return self._headers.replace(headers)
 
     def get_body(self) -> Any:
         return self._body
@@ -267,7 +245,7 @@ class Response020(Response):
 
     def changed(self) -> bool:
         """Whether the call stops: a body, a header or a status was set."""
-        return bool(self._body or self._headers or self._status)
+        return bool(self._body or self._headers.value or self._status)
 
     def apply(self, response: RunnerResponse) -> None:
         """Fill the runner response with the stop the plugin asked for."""
@@ -275,7 +253,7 @@ class Response020(Response):
         if not isinstance(body, str | bytes):
             raise TypeError(f"the response body must be str or bytes, not {type(body).__name__}")
         response.status_code = self._status or 200
-        apply_sets(response.headers, self._headers, "the response headers")
+        apply_sets(response.headers, self._headers.value, "the response headers")
         if body:
             response.body = body
 
