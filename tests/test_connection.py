@@ -99,3 +99,47 @@ def _dropped(sock: socket.socket, data: bytes) -> bool:
 
 def _call(token: int) -> bytes:
     return req_call_req(id=1, token=token, method="POST", path="/", args=[], headers=[], src_ip=b"\x7f\0\0\1")
+
+
+def test_a_frame_not_finished_within_frame_timeout_drops_only_its_connection() -> None:
+    with RunnerProcess(TEST_PLUGINS, args=["--frame-timeout", "0.3"]) as proc:
+        with proc.client() as slow:
+            slow.sock.sendall(b"\x01\x00\x01\x00" + b"\0" * 10)  # 10 bytes of a 256-byte frame, then nothing
+            assert slow.sock.recv(16) == b""
+        wait_for(lambda: "frame_timeout" in proc.log, "the warning")
+        line = next(x for x in proc.log.splitlines() if "frame_timeout" in x)
+        assert "WARNING" in line and "dropping an APISIX connection" in line
+        with proc.client() as c:
+            assert c.http_req_call(c.prepare_conf(None)).action == "none"
+
+
+def test_a_peer_that_does_not_read_its_reply_is_dropped_and_others_are_answered() -> None:
+    stop = {"stop": {"status": 403, "body": "x", "repeat": 4 * MIB}}  # far more than a socket buffer holds
+    with RunnerProcess(TEST_PLUGINS, args=["--frame-timeout", "0.3", "--threads", "2"]) as proc:
+        with proc.client() as stuck:
+            stuck.send_frame(2, _call(stuck.prepare_conf(act(**stop))))
+            wait_for(lambda: "did not read a reply" in proc.log, "the warning")
+            with proc.client() as c:
+                assert c.http_req_call(c.prepare_conf(None)).action == "none"
+            received = 0
+            while chunk := stuck.sock.recv(1 << 16):  # what was sent before the drop, then EOF
+                received += len(chunk)
+            assert received < 4 * MIB
+
+
+def test_frames_are_admitted_whole_so_one_that_fits_completes_and_the_next_is_dropped() -> None:
+    with RunnerProcess(TEST_PLUGINS, args=["--memory-budget", "4MiB"]) as proc:
+        with proc.client() as first, proc.client() as second:
+            token = first.prepare_conf(act(body_digest="X-D"))
+            frame = encode_frame(2, _call(token))
+            body = encode_frame(3, extra_info_resp(b"y" * (3 * MIB)))
+            first.sock.sendall(frame)
+            assert first.read_frame()[0] == 3  # the ReqBody question
+            # 3 MiB announced, 1 MiB sent: more than a socket buffer holds, so once sendall
+            # returns the runner has read the header and charged the whole frame.
+            first.sock.sendall(body[:MIB])
+            assert _dropped(second.sock, b"\x01\x30\x00\x00" + b"\0" * 1024)  # another 3 MiB would not fit
+            first.sock.sendall(body[MIB:])
+            type_, _ = first.read_frame()
+            assert type_ == 2  # the first body was never at risk
+        assert "memory_budget" in proc.log

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import cli, wait_for
 
-from runner.testing import RunnerProcess, req_call_req
+from runner.testing import RunnerProcess, answer_extra_info, decode_req_call_reply, req_call_req
 
 VERSION = textwrap.dedent(
     """
@@ -153,3 +153,25 @@ def test_a_shut_down_runner_refuses_new_connections_at_once(plugins: Path) -> No
         proc.stop()
     with socket.socket(socket.AF_UNIX) as s, pytest.raises(OSError):
         s.connect(path)
+
+
+def test_the_drain_lets_a_call_finish_its_extra_info_exchange(plugins: Path) -> None:
+    (plugins / "asks.py").write_text(
+        "from runner import Plugin\n"
+        "class Asks(Plugin):\n"
+        "    name = 'asks'\n"
+        "    def filter(self, request, response):\n"
+        "        request.headers['X-Addr'] = request.var('remote_addr')\n"
+    )
+    with RunnerProcess(plugins) as proc, proc.client() as c:
+        token = c.prepare_conf([("asks", "")])
+        c.send_frame(
+            2, req_call_req(id=3, token=token, method="GET", path="/", args=[], headers=[], src_ip=b"\1\2\3\4")
+        )
+        question = c.read_frame()
+        assert question[0] == 3
+        proc.send_signal(signal.SIGTERM)
+        c.send_frame(3, answer_extra_info(question[1], {"remote_addr": "10.0.0.1"}, {}, []))
+        type_, payload = c.read_frame()  # answered, not cut off by the drain
+        assert type_ == 2 and decode_req_call_reply(payload).headers == [("X-Addr", "10.0.0.1")]
+        assert proc.wait(5) == 0

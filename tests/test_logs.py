@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from runner.errors import ErrCode
-from runner.logs import JsonFormatter, TextFormatter
+from runner.logs import MAX_LINE, JsonFormatter, TextFormatter
 from runner.testing import RunnerProcess
 
 
@@ -61,6 +61,31 @@ def test_control_characters_in_messages_and_fields_are_escaped() -> None:
     assert "\n" not in line and "\r" not in line and "\x1b" not in line
     assert "\\n2099-01-01" in line and "\\x1b[31m" in line and "\\x7f" in line and "\\x85" in line
     assert "\\u2028" in line and "plugin=p\\nq" in line
+
+
+def test_a_huge_message_is_cut_saying_how_much_was_left_out() -> None:
+    line = TextFormatter().format(_record(logging.ERROR, "x" * 100_000))
+    assert len(line) < MAX_LINE + 100 and line.endswith(" more characters)")
+
+
+def test_python_own_error_output_goes_through_the_formatter() -> None:
+    script = (
+        "import threading, warnings\n"
+        "from runner import logs\n"
+        "logs.configure('info', 'json')\n"
+        "def boom():\n"
+        "    raise RuntimeError('in a thread\\nFORGED')\n"
+        "t = threading.Thread(target=boom); t.start(); t.join()\n"
+        "warnings.warn('careful\\nFORGED')\n"
+        "class Leaky:\n"
+        "    def __del__(self):\n"
+        "        raise ValueError('in __del__\\nFORGED')\n"
+        "Leaky()\n"
+    )
+    err = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30).stderr
+    records = [json.loads(line) for line in err.splitlines()]  # every line is a JSON record: nothing raw
+    text = " ".join(str(r) for r in records)
+    assert "in a thread" in text and "careful" in text and "in __del__" in text
 
 
 def test_a_traceback_stays_readable_and_every_continuation_line_is_indented() -> None:

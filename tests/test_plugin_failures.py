@@ -86,6 +86,18 @@ def test_sys_exit_in_a_plugin_ends_only_its_call() -> None:
         run_filter(plugin(filter))
 
 
+def test_an_exception_whose_str_raises_is_still_a_503_naming_its_type() -> None:
+    class Nasty(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no text for you")
+
+    def filter(self: Plugin, request: Any, response: Any) -> None:
+        raise Nasty()
+
+    with pytest.raises(PluginError, match=r"raised Nasty in filter: \(its str\(\) raised\)"):
+        run_filter(plugin(filter))
+
+
 def test_deeply_nested_json_conf_is_a_rejected_conf_not_a_crash() -> None:
     registry = PluginRegistry()
     registry.register(plugin(lambda self, request, response: None))
@@ -96,6 +108,14 @@ def test_deeply_nested_json_conf_is_a_rejected_conf_not_a_crash() -> None:
 def test_async_generator_filter_is_refused_at_load_time() -> None:
     async def filter(self: Plugin, request: Any, response: Any) -> Any:
         yield  # iterated by nobody, it would let every request through
+
+    with pytest.raises(PluginLoadError, match="must be a function or a coroutine function"):
+        PluginRegistry().register(plugin(filter))
+
+
+def test_generator_filter_is_refused_at_load_time() -> None:
+    def filter(self: Plugin, request: Any, response: Any) -> Any:
+        yield  # the call would return a generator nobody runs: every request would pass
 
     with pytest.raises(PluginLoadError, match="must be a function or a coroutine function"):
         PluginRegistry().register(plugin(filter))

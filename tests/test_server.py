@@ -359,3 +359,27 @@ def test_tokens_on_the_wire_are_not_sequential(apisix: ApisixClient) -> None:
     tokens = [apisix.prepare_conf(None, key=f"route#{i}#ext-plugin-pre-req#1") for i in range(50)]
     assert len(set(tokens)) == 50
     assert not {abs(b - a) for a, b in zip(tokens, tokens[1:], strict=False)} & set(range(1, 1000))
+
+
+def test_a_conf_value_over_1_mib_gives_a_token_whose_calls_fail_closed(apisix_runner: RunnerProcess) -> None:
+    with apisix_runner.client() as c:
+        token = c.prepare_conf([("act", json.dumps({"pad": "x" * (1 << 20)}))], key="route#huge#ext-plugin-pre-req#1")
+        assert c.http_req_call(token).err == ErrCode.SERVICE_UNAVAILABLE
+    assert f"conf token {token} (key 'route#huge#ext-plugin-pre-req#1') fails every call" in apisix_runner.log
+    assert "conf of plugin 'act' is 1048587 bytes, over the 1048576 limit" in apisix_runner.log
+
+
+def test_a_call_with_more_than_65536_headers_gets_bad_request(apisix: ApisixClient) -> None:
+    token = apisix.prepare_conf(act(read=True))  # a plugin that reads the headers
+    headers = [(f"h{i}", "v") for i in range(65_537)]
+    assert apisix.http_req_call(token, headers=headers).err == ErrCode.BAD_REQUEST
+    assert apisix.http_req_call(token, headers=headers[:1000]).err is None  # same connection, still in sync
+
+
+def test_calls_on_unknown_tokens_are_logged_but_not_once_each(apisix_runner: RunnerProcess) -> None:
+    with apisix_runner.client() as c:
+        for token in range(900_000, 900_200):
+            assert c.http_req_call(token).err == ErrCode.CONF_TOKEN_NOT_FOUND
+    lines = [x for x in apisix_runner.log.splitlines() if "conf token 900" in x and "is unknown" in x]
+    assert lines and all("WARNING" in x for x in lines)
+    assert len(lines) < 20  # throttled: a flood of guesses cannot flood the log
