@@ -33,6 +33,7 @@ import os
 import platform
 import resource
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -126,9 +127,22 @@ def process_figures(pid: int) -> list[dict]:
 
 def server_command(kind: str, scenario: str, sock: Path, runner_args: list[str]) -> list[str]:
     if kind in ("runner", "baseline"):
-        args = ["-m", "runner", "run", "--socket", str(sock), "--plugins", str(BENCH / "plugins")]
+        args = ["-m", "runner", "run", "--socket", str(sock), "--plugins", str(_plugins_for(kind, sock.parent))]
         return [sys.executable, *args, "--log-level", "warning", *runner_args]
     return [sys.executable, str(BENCH / "reference.py"), "--socket", str(sock), "--scenario", scenario]
+
+
+def _plugins_for(kind: str, tmp: Path) -> Path:
+    """The bench plugins; for a baseline, only the sync ones (a checkout older than async plugins refuses to start)."""
+    if kind == "runner":
+        return BENCH / "plugins"
+    sync = tmp / "baseline-plugins"
+    if not sync.exists():
+        sync.mkdir()
+        for f in (BENCH / "plugins").glob("*.py"):
+            if "async def" not in f.read_text():
+                shutil.copy(f, sync / f.name)
+    return sync
 
 
 class Server:

@@ -2,8 +2,10 @@
 
 ``apisix`` is a fake APISIX connected to a real runner process
 (``apisix_runner``) that serves the directory named by the
-``apisix_runner_plugins`` fixture (default ``./plugins``; override it in your
-``conftest.py``). The runner is started once per test module.
+``apisix_runner_plugins`` fixture: the ini option of that name, relative to
+pytest's rootdir (default ``plugins``), so the tests find it from any current
+directory; override the fixture in a ``conftest.py`` to choose per module. The
+runner is started once per test module.
 """
 
 from __future__ import annotations
@@ -15,10 +17,16 @@ import pytest
 from .testing import ApisixClient, RunnerProcess
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        "apisix_runner_plugins", "plugin directory the apisix fixtures serve, relative to rootdir", "string", "plugins"
+    )
+
+
 @pytest.fixture(scope="module")
-def apisix_runner_plugins() -> str:
+def apisix_runner_plugins(request: pytest.FixtureRequest) -> str:
     """The plugin directory the runner serves; override this fixture to choose another."""
-    return "plugins"
+    return str(request.config.rootpath / str(request.config.getini("apisix_runner_plugins")))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 TESTS = Path(__file__).parent
-TEST_PLUGINS = TESTS / "plugins"
+SUITE_PLUGINS = TESTS / "suite_plugins"
 EXAMPLE_PLUGINS = TESTS.parent / "plugins"
 
 

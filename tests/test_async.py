@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import RUNNER_THREADS, TEST_PLUGINS, act, run_in_threads, thread_count, wait_for
+from helpers import RUNNER_THREADS, SUITE_PLUGINS, act, run_in_threads, thread_count, wait_for
 
 from runner import Plugin
 from runner.errors import ErrCode, PluginError
@@ -140,7 +140,7 @@ def test_an_async_failure_is_a_503_and_the_connection_goes_on(apisix_runner: Run
 
 
 def test_a_thousand_concurrent_awaiting_calls_need_neither_a_thousand_threads_nor_a_thousand_waits() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--threads", "4"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--threads", "4"]) as proc:
         assert proc.proc is not None
         pid = proc.proc.pid
         with proc.client() as c:
@@ -157,7 +157,7 @@ def test_a_thousand_concurrent_awaiting_calls_need_neither_a_thousand_threads_no
 
 
 def test_call_timeout_cancels_an_async_call_with_a_503_naming_where_it_awaits() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--call-timeout", "0.3"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--call-timeout", "0.3"]) as proc:
         with proc.client() as c:
             assert c.http_req_call(c.prepare_conf(awaiting(hang=True)), id=9).err == ErrCode.SERVICE_UNAVAILABLE
             assert c.sock.recv(16) == b""  # closed after the Err frame
@@ -172,7 +172,7 @@ def test_call_timeout_cancels_an_async_call_with_a_503_naming_where_it_awaits() 
 
 
 def test_a_slow_async_call_is_logged_with_where_it_awaits() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--slow-call", "0.1"]) as proc, proc.client() as c:
+    with RunnerProcess(SUITE_PLUGINS, args=["--slow-call", "0.1"]) as proc, proc.client() as c:
         assert c.http_req_call(c.prepare_conf(awaiting(sleep=0.4, set_headers={"X": "1"}))).headers == [("X", "1")]
         slow = [x for x in proc.log.splitlines() if "async call is slow" in x]
         assert len(slow) == 1 and "plugin 'awaiting'" in slow[0]
@@ -182,7 +182,7 @@ def test_a_slow_async_call_is_logged_with_where_it_awaits() -> None:
 def test_startup_hooks_run_on_load_and_reload_and_shutdown_hooks_at_sigterm(tmp_path: Path) -> None:
     hooks = tmp_path / "hooks"
     hooks.mkdir()
-    with RunnerProcess(TEST_PLUGINS, env={"A6_TEST_HOOKS": str(hooks)}) as proc:
+    with RunnerProcess(SUITE_PLUGINS, env={"A6_TEST_HOOKS": str(hooks)}) as proc:
         assert (hooks / "startup").read_text().count("\n") == 1
         with proc.client() as c:  # the client the hook made is there in calls
             assert c.http_req_call(c.prepare_conf(awaiting(client=True))).headers == [("X-Client", "connected")]
@@ -196,7 +196,7 @@ def test_startup_hooks_run_on_load_and_reload_and_shutdown_hooks_at_sigterm(tmp_
 def test_workers_each_run_their_own_loop(tmp_path: Path) -> None:
     hooks = tmp_path / "hooks"
     hooks.mkdir()
-    with RunnerProcess(TEST_PLUGINS, args=["--workers", "2"], env={"A6_TEST_HOOKS": str(hooks)}) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--workers", "2"], env={"A6_TEST_HOOKS": str(hooks)}) as proc:
         with proc.client() as c:
             token = c.prepare_conf(awaiting(sleep=0.01, set_headers={"X": "1"}))
         clients = [proc.client() for _ in range(12)]
@@ -211,7 +211,7 @@ def test_workers_each_run_their_own_loop(tmp_path: Path) -> None:
 
 
 def test_sigterm_lets_an_awaiting_call_finish() -> None:
-    with RunnerProcess(TEST_PLUGINS) as proc, proc.client() as c:
+    with RunnerProcess(SUITE_PLUGINS) as proc, proc.client() as c:
         token = c.prepare_conf(awaiting(sleep=0.3, set_headers={"X": "done"}))
         c.send_frame(2, _req(token))
         time.sleep(0.1)

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from conftest import run_in_threads
+from helpers import run_in_threads
 
 from runner.cache import ConfCache
 from runner.errors import ErrCode, TokenNotFound

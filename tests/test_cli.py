@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_PLUGINS, TEST_PLUGINS
+from helpers import EXAMPLE_PLUGINS, SUITE_PLUGINS
 
 from runner.errors import ErrCode
 from runner.testing import ApisixClient, RunnerProcess
@@ -57,7 +57,7 @@ def short_dir() -> Iterator[Path]:
 def test_missing_socket_address_exits_1_naming_the_setting() -> None:
     env = {k: v for k, v in os.environ.items() if k != "APISIX_LISTEN_ADDRESS"}
     result = subprocess.run(
-        [sys.executable, "-m", "runner", "run", "--plugins", str(TEST_PLUGINS)],
+        [sys.executable, "-m", "runner", "run", "--plugins", str(SUITE_PLUGINS)],
         capture_output=True,
         text=True,
         timeout=30,
@@ -70,7 +70,7 @@ def test_missing_socket_address_exits_1_naming_the_setting() -> None:
 def test_path_that_is_not_a_socket_is_refused(short_dir: Path) -> None:
     path = short_dir / "file.sock"
     path.write_text("precious")
-    result = cli("run", "--socket", str(path), "--plugins", str(TEST_PLUGINS))
+    result = cli("run", "--socket", str(path), "--plugins", str(SUITE_PLUGINS))
     assert result.returncode == 1
     assert f"socket path {path} exists and is not a socket" in result.stderr
     assert path.read_text() == "precious"
@@ -126,7 +126,7 @@ def test_check_fails_on_a_broken_plugin(short_dir: Path) -> None:
 
 
 def test_health_is_0_against_a_live_runner_and_1_without_one(short_dir: Path) -> None:
-    with RunnerProcess(TEST_PLUGINS) as proc:
+    with RunnerProcess(SUITE_PLUGINS) as proc:
         ok = cli("health", "--socket", f"unix:{proc.socket_path}")
         assert (ok.returncode, ok.stdout.strip()) == (0, "ok")
     down = cli("health", "--socket", str(short_dir / "none.sock"), "--timeout", "1")
@@ -152,7 +152,7 @@ def test_config_precedence_file_then_env_then_flags(short_dir: Path) -> None:
 
 def test_sigterm_lets_the_call_in_flight_finish_removes_the_socket_and_exits_0(short_dir: Path) -> None:
     started, release = short_dir / "started", short_dir / "release"
-    with RunnerProcess(TEST_PLUGINS) as proc:
+    with RunnerProcess(SUITE_PLUGINS) as proc:
         conf = json.dumps({"started": str(started), "release": str(release)})
         with proc.client() as c:
             token = c.prepare_conf([("slow", conf)])
@@ -171,7 +171,7 @@ def test_sigterm_lets_the_call_in_flight_finish_removes_the_socket_and_exits_0(s
 
 
 def test_sigterm_closes_idle_connections_and_exits_promptly() -> None:
-    with RunnerProcess(TEST_PLUGINS) as proc:
+    with RunnerProcess(SUITE_PLUGINS) as proc:
         idle = [proc.client() for _ in range(20)]
         for c in idle:  # pooled connections have served calls before they sit idle
             c.prepare_conf(None)
@@ -185,7 +185,7 @@ def test_sigterm_closes_idle_connections_and_exits_promptly() -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a socket to another group needs root")
 def test_socket_mode_and_group_are_configurable(short_dir: Path) -> None:
     path = short_dir / "g.sock"
-    with RunnerProcess(TEST_PLUGINS, socket_path=str(path), args=["--socket-mode", "0660", "--socket-group", "4321"]):
+    with RunnerProcess(SUITE_PLUGINS, socket_path=str(path), args=["--socket-mode", "0660", "--socket-group", "4321"]):
         st = os.stat(path)
         assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o660, 4321)
 
@@ -249,7 +249,7 @@ def test_sd_notify_ready_reloading_watchdog_and_stopping(short_dir: Path) -> Non
             return seen
 
         env = {"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "200000"}
-        with RunnerProcess(TEST_PLUGINS, env=env) as proc:
+        with RunnerProcess(SUITE_PLUGINS, env=env) as proc:
             ready = messages_until("READY=1")
             assert any(m.startswith("STATUS=serving") for m in ready)
             assert f"MAINPID={proc.proc.pid}" in ready  # type: ignore[union-attr]
@@ -274,7 +274,7 @@ def test_socket_activation_serves_the_inherited_socket_and_leaves_it(short_dir: 
         import os, sys
         os.dup2({listener.fileno()}, 3)
         os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1")
-        os.execv(sys.executable, [sys.executable, "-m", "runner", "run", "--plugins", "{TEST_PLUGINS}"])
+        os.execv(sys.executable, [sys.executable, "-m", "runner", "run", "--plugins", "{SUITE_PLUGINS}"])
         """
     )
     env = {k: v for k, v in os.environ.items() if k != "APISIX_LISTEN_ADDRESS"}
@@ -310,7 +310,7 @@ def test_runner_exits_when_the_process_that_spawned_it_dies(short_dir: Path) -> 
         f"""
         import os, subprocess, sys, time
         p = subprocess.Popen([sys.executable, "-m", "runner", "run", "--socket", "{short_dir}/o.sock",
-                              "--plugins", "{TEST_PLUGINS}"], stdin=subprocess.PIPE,
+                              "--plugins", "{SUITE_PLUGINS}"], stdin=subprocess.PIPE,
                              env=dict(os.environ, APISIX_CONF_EXPIRE_TIME="3600"),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         print(p.pid, flush=True)
@@ -346,7 +346,7 @@ def test_runner_exits_when_the_process_that_spawned_it_dies(short_dir: Path) -> 
 
 def test_exit_with_parent_yes_keeps_running_while_the_parent_lives() -> None:
     # stdin is /dev/null here (as under systemd or docker): EOF on it must not count as "parent gone".
-    with RunnerProcess(TEST_PLUGINS, args=["--exit-with-parent", "yes"]) as proc, proc.client() as c:
+    with RunnerProcess(SUITE_PLUGINS, args=["--exit-with-parent", "yes"]) as proc, proc.client() as c:
         time.sleep(0.3)  # give a wrong watcher time to fire
         assert proc.proc is not None and proc.proc.poll() is None
         assert c.http_req_call(c.prepare_conf(None)).action == "none"
@@ -374,7 +374,7 @@ def _thread_cpus(pid: int) -> set[str]:
 def test_cpu_setting_pins_every_thread_to_one_cpu(choice: str) -> None:
     allowed = os.sched_getaffinity(0)
     cpu = "auto" if choice == "auto" else str(max(allowed))
-    with RunnerProcess(TEST_PLUGINS, args=["--cpu", cpu]) as proc, proc.client() as c:
+    with RunnerProcess(SUITE_PLUGINS, args=["--cpu", cpu]) as proc, proc.client() as c:
         token = c.prepare_conf([("act", "{}")])
         assert c.http_req_call(token).err is None  # a connection thread now exists
         assert proc.proc is not None
@@ -391,16 +391,16 @@ def test_cpu_the_process_may_not_use_exits_1_naming_it() -> None:
 
 
 def test_check_refuses_a_cpu_the_process_may_not_use(short_dir: Path) -> None:
-    result = cli("check", "--plugins", str(TEST_PLUGINS), "--cpu", "4095")
+    result = cli("check", "--plugins", str(SUITE_PLUGINS), "--cpu", "4095")
     assert result.returncode == 1
     assert "cpu: 4095 is not one this process may run on" in result.stderr
-    allowed = cli("check", "--plugins", str(TEST_PLUGINS), "--cpu", str(min(os.sched_getaffinity(0))))
+    allowed = cli("check", "--plugins", str(SUITE_PLUGINS), "--cpu", str(min(os.sched_getaffinity(0))))
     assert allowed.returncode == 0, allowed.stdout
 
 
 def test_metrics_endpoint_counts_calls_errors_extra_info_and_gauges() -> None:
     port = _free_port()
-    with RunnerProcess(TEST_PLUGINS, args=["--metrics-port", str(port)]) as proc, proc.client() as c:
+    with RunnerProcess(SUITE_PLUGINS, args=["--metrics-port", str(port)]) as proc, proc.client() as c:
         ok = c.prepare_conf([("act", '{"vars_to_headers": {"host": "X-H"}}')])
         for _ in range(3):
             assert c.http_req_call(ok, vars={"host": "h"}).err is None
@@ -425,7 +425,7 @@ def test_metrics_endpoint_counts_calls_errors_extra_info_and_gauges() -> None:
 
 
 def test_json_log_lines_parse_and_carry_call_fields() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--log-format", "json"]) as proc, proc.client() as c:
+    with RunnerProcess(SUITE_PLUGINS, args=["--log-format", "json"]) as proc, proc.client() as c:
         token = c.prepare_conf([("act", '{"raise": "json-boom"}')])
         assert c.http_req_call(token, id=321).err == ErrCode.SERVICE_UNAVAILABLE
         wait_for(lambda: "json-boom" in proc.log, "the error line")
@@ -463,7 +463,7 @@ def test_reload_command_without_a_runner_exits_2() -> None:
 
 
 def test_reload_command_works_with_workers(short_dir: Path) -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--workers", "2"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--workers", "2"]) as proc:
         assert proc.proc is not None
         ok = cli("reload", "--pid", str(proc.proc.pid))
         assert ok.returncode == 0 and "in 2 worker(s)" in ok.stdout
@@ -471,7 +471,7 @@ def test_reload_command_works_with_workers(short_dir: Path) -> None:
 
 def test_health_follows_the_socket_of_a_runner_pid(short_dir: Path) -> None:
     path = str(short_dir / "other.sock")
-    with RunnerProcess(TEST_PLUGINS, socket_path=path) as proc:
+    with RunnerProcess(SUITE_PLUGINS, socket_path=path) as proc:
         assert proc.proc is not None
         env = {"APISIX_LISTEN_ADDRESS": "unix:/run/a6/runner.sock"}  # an image's default, not what it serves
         result = cli("health", "--pid", str(proc.proc.pid), env=env)

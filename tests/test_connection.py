@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from helpers import TEST_PLUGINS, act, run_in_threads, status_kib, wait_for
+from helpers import SUITE_PLUGINS, act, run_in_threads, status_kib, wait_for
 
 from runner.testing import RunnerProcess, encode_frame, extra_info_resp, req_call_req
 
@@ -12,7 +12,7 @@ MIB = 1 << 20
 
 
 def test_headers_announcing_16_mib_and_nothing_more_cost_almost_nothing() -> None:
-    with RunnerProcess(TEST_PLUGINS) as proc:
+    with RunnerProcess(SUITE_PLUGINS) as proc:
         assert proc.proc is not None
         pid = proc.proc.pid
         with proc.client() as c:  # warm up: a served call, so what follows measures only the flood
@@ -33,7 +33,7 @@ def test_headers_announcing_16_mib_and_nothing_more_cost_almost_nothing() -> Non
 
 
 def test_a_frame_over_the_memory_budget_drops_its_connection_with_one_warning() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--memory-budget", "1MiB"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--memory-budget", "1MiB"]) as proc:
         with proc.client() as big:
             assert _dropped(big.sock, b"\x01\x20\x00\x00" + b"\0" * (2 * MIB))  # a 2 MiB PrepareConf: no reply
         wait_for(lambda: "memory_budget" in proc.log, "the warning")
@@ -45,7 +45,7 @@ def test_a_frame_over_the_memory_budget_drops_its_connection_with_one_warning() 
 
 def test_bodies_within_the_budget_are_all_answered_at_once() -> None:
     body = bytes(range(256)) * (3 * MIB // 256)
-    with RunnerProcess(TEST_PLUGINS, args=["--memory-budget", "64MiB"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--memory-budget", "64MiB"]) as proc:
 
         def one(i: int) -> None:
             with proc.client() as c:
@@ -57,7 +57,7 @@ def test_bodies_within_the_budget_are_all_answered_at_once() -> None:
 
 
 def test_an_extra_info_answer_over_the_budget_abandons_only_that_call() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--memory-budget", "1MiB"]) as proc, proc.client() as c:
+    with RunnerProcess(SUITE_PLUGINS, args=["--memory-budget", "1MiB"]) as proc, proc.client() as c:
         token = c.prepare_conf(act(body_digest="X-D"))
         c.send_frame(2, _call(token))
         type_, _ = c.read_frame()  # the ReqBody question
@@ -70,7 +70,7 @@ def test_an_extra_info_answer_over_the_budget_abandons_only_that_call() -> None:
 
 def test_memory_goes_back_after_large_bodies() -> None:
     body = b"b" * (15 * MIB)
-    with RunnerProcess(TEST_PLUGINS, args=["--memory-budget", "128MiB"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--memory-budget", "128MiB"]) as proc:
         assert proc.proc is not None
         pid = proc.proc.pid
         with proc.client() as c:
@@ -102,7 +102,7 @@ def _call(token: int) -> bytes:
 
 
 def test_a_frame_not_finished_within_frame_timeout_drops_only_its_connection() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--frame-timeout", "0.3"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--frame-timeout", "0.3"]) as proc:
         with proc.client() as slow:
             slow.sock.sendall(b"\x01\x00\x01\x00" + b"\0" * 10)  # 10 bytes of a 256-byte frame, then nothing
             assert slow.sock.recv(16) == b""
@@ -115,7 +115,7 @@ def test_a_frame_not_finished_within_frame_timeout_drops_only_its_connection() -
 
 def test_a_peer_that_does_not_read_its_reply_is_dropped_and_others_are_answered() -> None:
     stop = {"stop": {"status": 403, "body": "x", "repeat": 4 * MIB}}  # far more than a socket buffer holds
-    with RunnerProcess(TEST_PLUGINS, args=["--frame-timeout", "0.3", "--threads", "2"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--frame-timeout", "0.3", "--threads", "2"]) as proc:
         with proc.client() as stuck:
             stuck.send_frame(2, _call(stuck.prepare_conf(act(**stop))))
             wait_for(lambda: "did not read a reply" in proc.log, "the warning")
@@ -128,7 +128,7 @@ def test_a_peer_that_does_not_read_its_reply_is_dropped_and_others_are_answered(
 
 
 def test_frames_are_admitted_whole_so_one_that_fits_completes_and_the_next_is_dropped() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--memory-budget", "4MiB"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--memory-budget", "4MiB"]) as proc:
         with proc.client() as first, proc.client() as second:
             token = first.prepare_conf(act(body_digest="X-D"))
             frame = encode_frame(2, _call(token))

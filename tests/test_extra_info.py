@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from conftest import act
+from helpers import act
 
 from runner.errors import ErrCode
 from runner.protocol import MessageType

@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_PLUGINS
+from helpers import EXAMPLE_PLUGINS
 
 from runner.testing import ApisixClient, RunnerProcess
 
@@ -40,3 +43,31 @@ def test_fixture_client_runs_the_response_phase(apisix: ApisixClient) -> None:
     reply = apisix.http_resp_call(token, headers=[("Content-Type", "application/json")], body=b'{"a": 0}')
     assert json.loads(reply.body or b"") == {"a": 0, "x": 1}
     assert reply.headers == [("Content-Type", "application/json"), ("X-Transformed", "json_response")]
+
+
+def test_fixture_finds_the_plugins_from_the_rootdir_whatever_the_current_directory(tmp_path: Path) -> None:
+    (tmp_path / "pytest.ini").write_text("[pytest]\napisix_runner_plugins = my_plugins\n")
+    (tmp_path / "my_plugins").mkdir(mode=0o755)
+    (tmp_path / "my_plugins" / "tag.py").write_text(
+        "from runner import Plugin\n"
+        "class Tag(Plugin):\n"
+        "    name = 'tag'\n"
+        "    def filter(self, request, response):\n"
+        "        request.headers['X-Tag'] = 'yes'\n"
+    )
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_tag.py").write_text(
+        "def test_tag(apisix):\n"
+        "    token = apisix.prepare_conf([('tag', '')])\n"
+        "    assert apisix.http_req_call(token).headers == [('X-Tag', 'yes')]\n"
+    )
+    tmp_path.chmod(0o755)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_tag.py"],
+        cwd=tmp_path / "tests",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout

@@ -6,7 +6,7 @@ import socket
 import urllib.request
 
 import pytest
-from helpers import RUNNER_THREADS, TEST_PLUGINS, cli, thread_count, wait_for
+from helpers import RUNNER_THREADS, SUITE_PLUGINS, cli, thread_count, wait_for
 
 from runner.testing import RunnerProcess
 
@@ -26,7 +26,7 @@ def _scrape(host: str, port: int) -> list[str]:
 
 def test_plugin_labels_are_the_registered_name_whatever_case_the_conf_uses() -> None:
     port = _free_port()
-    with RunnerProcess(TEST_PLUGINS, args=["--metrics-port", str(port)]) as proc, proc.client() as c:
+    with RunnerProcess(SUITE_PLUGINS, args=["--metrics-port", str(port)]) as proc, proc.client() as c:
         for i, spelling in enumerate(["marker", "MARKER", "Marker", "mArKeR"]):
             token = c.prepare_conf([(spelling, '"x"')], key=f"route#{i}#ext-plugin-pre-req#1")
             assert c.http_req_call(token).err is None
@@ -37,7 +37,7 @@ def test_plugin_labels_are_the_registered_name_whatever_case_the_conf_uses() -> 
 
 def test_calls_in_flight_reads_zero_right_after_a_reply() -> None:
     port = _free_port()
-    with RunnerProcess(TEST_PLUGINS, args=["--metrics-port", str(port)]) as proc, proc.client() as c:
+    with RunnerProcess(SUITE_PLUGINS, args=["--metrics-port", str(port)]) as proc, proc.client() as c:
         token = c.prepare_conf(None)
         for _ in range(20):
             assert c.http_req_call(token).action == "none"
@@ -46,28 +46,28 @@ def test_calls_in_flight_reads_zero_right_after_a_reply() -> None:
 
 def test_an_ipv6_loopback_host_works() -> None:
     port = _free_port("::1")
-    with RunnerProcess(TEST_PLUGINS, args=["--metrics-port", str(port), "--metrics-host", "::1"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--metrics-port", str(port), "--metrics-host", "::1"]) as proc:
         assert any(line.startswith("apisix_runner_connections") for line in _scrape("::1", port))
         assert "reachable beyond this host" not in proc.log
 
 
 def test_a_host_reachable_from_elsewhere_is_accepted_with_a_warning() -> None:
     port = _free_port("0.0.0.0")
-    with RunnerProcess(TEST_PLUGINS, args=["--metrics-port", str(port), "--metrics-host", "0.0.0.0"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--metrics-port", str(port), "--metrics-host", "0.0.0.0"]) as proc:
         wait_for(lambda: "reachable beyond this host" in proc.log, "the warning")
         assert any(line.startswith("apisix_runner_connections") for line in _scrape("127.0.0.1", port))
 
 
 @pytest.mark.parametrize("host", ["203.0.113.7", "not-a-host.invalid"])
 def test_check_refuses_a_metrics_host_that_cannot_be_bound(host: str) -> None:
-    result = cli("check", "--plugins", str(TEST_PLUGINS), "--metrics-port", "9813", "--metrics-host", host)
+    result = cli("check", "--plugins", str(SUITE_PLUGINS), "--metrics-port", "9813", "--metrics-host", host)
     assert result.returncode == 1
     assert f"metrics_host {host!r} cannot be bound here" in result.stderr
 
 
 def test_idle_scrapers_cannot_hold_the_endpoint_or_its_threads() -> None:
     port = _free_port()
-    with RunnerProcess(TEST_PLUGINS, args=["--metrics-port", str(port), "--threads", "2"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--metrics-port", str(port), "--threads", "2"]) as proc:
         assert proc.proc is not None
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]  # connect, send nothing
         try:

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from helpers import TEST_PLUGINS, act
+from helpers import SUITE_PLUGINS, act
 
 from runner import Plugin
 from runner.cache import ConfCache
@@ -151,7 +151,7 @@ def metered() -> Iterator[tuple[RunnerProcess, int]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    with RunnerProcess(TEST_PLUGINS, args=["--metrics-port", str(port)]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--metrics-port", str(port)]) as proc:
         yield proc, port
 
 

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import run_in_threads
+from helpers import run_in_threads
 
 from runner.errors import PluginLoadError
 from runner.http import Request, Response

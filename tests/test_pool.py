@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import socket
 
-from helpers import RUNNER_THREADS, TEST_PLUGINS, act, run_in_threads, thread_count, wait_for
+from helpers import RUNNER_THREADS, SUITE_PLUGINS, act, run_in_threads, thread_count, wait_for
 
 from runner.testing import RunnerProcess, req_call_req
 
 
 def test_idle_connections_hold_no_thread_and_are_all_answered_later() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--threads", "4"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--threads", "4"]) as proc:
         assert proc.proc is not None
         clients = [proc.client(timeout=20) for _ in range(300)]
         try:
@@ -26,7 +26,7 @@ def test_idle_connections_hold_no_thread_and_are_all_answered_later() -> None:
 
 
 def test_many_connections_at_once_with_a_small_pool_all_get_their_own_answers() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--threads", "2"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--threads", "2"]) as proc:
 
         def one(i: int) -> None:
             with proc.client(timeout=30) as c:
@@ -40,7 +40,7 @@ def test_many_connections_at_once_with_a_small_pool_all_get_their_own_answers() 
 def test_nested_prepare_conf_is_answered_while_every_pool_thread_is_busy() -> None:
     # One thread, held by a slow call; then APISIX's opening sequence: the call's
     # connection A connects and waits silently, the PrepareConf goes on B.
-    with RunnerProcess(TEST_PLUGINS, args=["--threads", "1"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--threads", "1"]) as proc:
         with proc.client() as busy, proc.client() as a, proc.client() as b:
             slow = busy.prepare_conf(act(sleep=0.5), key="route#slow#ext-plugin-pre-req#1")
             busy.send_frame(2, _req_call_frame(slow))  # occupies the only thread for 0.5 s
@@ -51,7 +51,7 @@ def test_nested_prepare_conf_is_answered_while_every_pool_thread_is_busy() -> No
 
 def test_a_connection_that_sends_nothing_holds_no_thread() -> None:
     # Connections that never send are waiting in the selector: a single pool thread still serves.
-    with RunnerProcess(TEST_PLUGINS, args=["--threads", "1"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--threads", "1"]) as proc:
         silent = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(20)]
         try:
             for s in silent:
@@ -64,7 +64,7 @@ def test_a_connection_that_sends_nothing_holds_no_thread() -> None:
 
 
 def test_threads_stay_bounded_while_many_calls_sleep_in_plugins() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--threads", "3"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--threads", "3"]) as proc:
         assert proc.proc is not None
         pid = proc.proc.pid
         peak = [0]

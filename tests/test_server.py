@@ -11,7 +11,7 @@ import sys
 import threading
 
 import pytest
-from helpers import TEST_PLUGINS, act, fd_count, run_in_threads, wait_for
+from helpers import SUITE_PLUGINS, act, fd_count, run_in_threads, wait_for
 
 from runner.errors import ErrCode
 from runner.frame import MAX_PAYLOAD
@@ -290,7 +290,7 @@ def test_eof_inside_a_frame_drops_only_that_connection(apisix_runner: RunnerProc
 
 
 def test_socket_is_writable_by_apisix_workers_and_removed_on_sigterm() -> None:
-    with RunnerProcess(TEST_PLUGINS) as proc:
+    with RunnerProcess(SUITE_PLUGINS) as proc:
         assert stat.S_IMODE(os.stat(proc.socket_path).st_mode) == 0o766
         assert proc.stop() == 0
         assert not os.path.exists(proc.socket_path)
@@ -300,7 +300,7 @@ def test_socket_is_writable_by_apisix_workers_and_removed_on_sigterm() -> None:
 
 
 def test_connections_beyond_max_connections_are_refused_with_a_log_line() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--max-connections", "3"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--max-connections", "3"]) as proc:
         kept = [proc.client() for _ in range(3)]
         try:
             for c in kept:
@@ -316,7 +316,7 @@ def test_connections_beyond_max_connections_are_refused_with_a_log_line() -> Non
 
 
 def test_accept_at_the_descriptor_limit_is_logged_once_and_recovers() -> None:
-    proc = RunnerProcess(TEST_PLUGINS, args=["--threads", "2"])
+    proc = RunnerProcess(SUITE_PLUGINS, args=["--threads", "2"])
     limit = "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100)); " + (
         "os.execv(sys.argv[1], sys.argv[1:])"
     )
@@ -342,7 +342,7 @@ def test_accept_at_the_descriptor_limit_is_logged_once_and_recovers() -> None:
 
 
 def test_a_peer_not_in_allowed_uids_is_refused_and_logged() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--allowed-uids", "12345"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--allowed-uids", "12345"]) as proc:
         with proc.client() as c:
             assert c.sock.recv(16) == b""
         wait_for(lambda: "refusing a connection" in proc.log, "the refusal line")
@@ -351,7 +351,7 @@ def test_a_peer_not_in_allowed_uids_is_refused_and_logged() -> None:
 
 @pytest.mark.parametrize("setting", [["--allowed-uids", str(os.getuid())], ["--allowed-gids", str(os.getgid())]])
 def test_a_peer_in_allowed_uids_or_gids_gets_in(setting: list[str]) -> None:
-    with RunnerProcess(TEST_PLUGINS, args=setting) as proc, proc.client() as c:
+    with RunnerProcess(SUITE_PLUGINS, args=setting) as proc, proc.client() as c:
         assert c.http_req_call(c.prepare_conf(None)).action == "none"
 
 

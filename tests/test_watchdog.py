@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 
 from A6.Err.Resp import Resp as ErrResp
-from helpers import RUNNER_THREADS, TEST_PLUGINS, act, fd_count, thread_count, wait_for
+from helpers import RUNNER_THREADS, SUITE_PLUGINS, act, fd_count, thread_count, wait_for
 
 from runner.errors import ErrCode
 from runner.testing import RunnerProcess, prepare_conf_req, req_call_req
@@ -21,7 +21,7 @@ def _free_port() -> int:
 
 
 def test_a_call_past_call_timeout_gets_503_and_its_connection_closed_with_a_log_line() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--call-timeout", "0.3", "--threads", "2"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--call-timeout", "0.3", "--threads", "2"]) as proc:
         with proc.client() as c:
             reply = c.http_req_call(c.prepare_conf(act(hang=True)), id=42)
             assert reply.err == ErrCode.SERVICE_UNAVAILABLE
@@ -36,7 +36,7 @@ def test_a_call_past_call_timeout_gets_503_and_its_connection_closed_with_a_log_
 
 
 def test_stuck_calls_release_their_descriptors_and_cost_one_thread_each() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--call-timeout", "0.2", "--threads", "2"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--call-timeout", "0.2", "--threads", "2"]) as proc:
         assert proc.proc is not None
         pid = proc.proc.pid
         with proc.client() as c:
@@ -51,7 +51,7 @@ def test_stuck_calls_release_their_descriptors_and_cost_one_thread_each() -> Non
 
 def test_a_plugin_with_too_many_stuck_calls_fails_fast() -> None:
     args = ["--call-timeout", "0.2", "--max-stuck-calls", "2", "--threads", "2"]
-    with RunnerProcess(TEST_PLUGINS, args=args) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=args) as proc:
         assert proc.proc is not None
         with proc.client() as c:
             token = c.prepare_conf(act(hang=True))
@@ -70,7 +70,7 @@ def test_a_plugin_with_too_many_stuck_calls_fails_fast() -> None:
 
 
 def test_a_slow_call_is_logged_once_with_its_stack_and_still_answered() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--slow-call", "0.1"]) as proc, proc.client() as c:
+    with RunnerProcess(SUITE_PLUGINS, args=["--slow-call", "0.1"]) as proc, proc.client() as c:
         reply = c.http_req_call(c.prepare_conf(act(sleep=0.5, set_headers={"X-Done": "1"})))
         assert reply.headers == [("X-Done", "1")]
         slow = [x for x in proc.log.splitlines() if "is slow" in x]
@@ -81,7 +81,7 @@ def test_a_slow_call_is_logged_once_with_its_stack_and_still_answered() -> None:
 def test_stuck_calls_are_a_metric() -> None:
     port = _free_port()
     args = ["--call-timeout", "0.2", "--metrics-port", str(port)]
-    with RunnerProcess(TEST_PLUGINS, args=args) as proc, proc.client() as c:
+    with RunnerProcess(SUITE_PLUGINS, args=args) as proc, proc.client() as c:
         assert c.http_req_call(c.prepare_conf(act(hang=True))).err == ErrCode.SERVICE_UNAVAILABLE
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             text = response.read().decode()
@@ -89,14 +89,14 @@ def test_stuck_calls_are_a_metric() -> None:
 
 
 def test_a_plugin_reads_the_time_left_before_its_deadline() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--call-timeout", "30"]) as proc, proc.client() as c:
+    with RunnerProcess(SUITE_PLUGINS, args=["--call-timeout", "30"]) as proc, proc.client() as c:
         reply = c.http_req_call(c.prepare_conf(act(deadline_header="X-Left")))
         left = float(dict(reply.headers)["X-Left"])
         assert 0 < left <= 30
 
 
 def test_a_call_timing_out_while_apisix_answers_a_question_still_gets_its_503() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--call-timeout", "0.3"]) as proc, proc.client() as c:
+    with RunnerProcess(SUITE_PLUGINS, args=["--call-timeout", "0.3"]) as proc, proc.client() as c:
         token = c.prepare_conf(act(body_digest="X-D"))
         c.send_frame(2, req_call_req(id=7, token=token, method="POST", path="/", args=[], headers=[], src_ip=_IP))
         assert c.read_frame()[0] == 3  # the ReqBody question, left unanswered
@@ -109,7 +109,7 @@ def test_a_call_timing_out_while_apisix_answers_a_question_still_gets_its_503() 
 
 def test_a_stuck_call_stops_counting_once_its_plugin_returns() -> None:
     args = ["--call-timeout", "0.2", "--max-stuck-calls", "1"]
-    with RunnerProcess(TEST_PLUGINS, args=args) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=args) as proc:
         with proc.client() as c:
             slow = c.prepare_conf(act(sleep=1.5))
             quick = c.prepare_conf(act(set_headers={"X-Ran": "1"}), key="route#2#ext-plugin-pre-req#1")

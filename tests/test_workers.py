@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import TEST_PLUGINS, act, wait_for
+from helpers import SUITE_PLUGINS, act, wait_for
 
 from runner.errors import ErrCode
 from runner.testing import ApisixClient, RunnerProcess
@@ -41,12 +41,12 @@ def _spread(proc: RunnerProcess, token: int, count: int = 24) -> dict[int, list[
 
 @pytest.fixture
 def two() -> Iterator[RunnerProcess]:
-    with RunnerProcess(TEST_PLUGINS, args=["--workers", "2", "--threads", "4"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--workers", "2", "--threads", "4"]) as proc:
         yield proc
 
 
 def test_workers_1_keeps_a_single_process() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--workers", "1"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--workers", "1"]) as proc:
         assert proc.proc is not None and _children(proc.proc.pid) == []
 
 
@@ -83,7 +83,7 @@ def test_a_prepare_conf_key_finds_the_same_live_token_on_every_worker(two: Runne
 
 def test_tokens_expire_on_every_worker_after_their_ttl_without_use() -> None:
     env = {"APISIX_CONF_EXPIRE_TIME": "1"}  # tokens live 1.2 s after their last use
-    with RunnerProcess(TEST_PLUGINS, args=["--workers", "2"], env=env) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--workers", "2"], env=env) as proc:
         with proc.client() as c:
             token = c.prepare_conf(act(pid_header="X-Pid"))
         by_worker = _spread(proc, token)
@@ -211,7 +211,7 @@ def test_one_metrics_endpoint_sums_every_worker() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with RunnerProcess(TEST_PLUGINS, args=["--workers", "2", "--metrics-port", str(port)]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--workers", "2", "--metrics-port", str(port)]) as proc:
         with proc.client() as c:
             token = c.prepare_conf(act(pid_header="X-Pid"))
         by_worker = _spread(proc, token, 20)
@@ -227,7 +227,7 @@ def test_one_metrics_endpoint_sums_every_worker() -> None:
 
 
 def test_json_log_lines_of_a_worker_carry_its_index() -> None:
-    with RunnerProcess(TEST_PLUGINS, args=["--workers", "2", "--log-format", "json"]) as proc:
+    with RunnerProcess(SUITE_PLUGINS, args=["--workers", "2", "--log-format", "json"]) as proc:
         with proc.client() as c:
             assert c.http_req_call(c.prepare_conf(act(raise_path=True))).err == ErrCode.SERVICE_UNAVAILABLE
         wait_for(lambda: "raised RuntimeError" in proc.log, "the error line")
