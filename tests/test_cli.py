@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import stat
@@ -14,42 +13,13 @@ import textwrap
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import EXAMPLE_PLUGINS, SUITE_PLUGINS
+from helpers import EXAMPLE_PLUGINS, SUITE_PLUGINS, cli, wait_for
 
 from runner.errors import ErrCode
 from runner.testing import ApisixClient, RunnerProcess
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def cli(*args: str, env: dict[str, str] | None = None, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-    )
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    path = Path(f"/tmp/a6t-{os.getpid()}-{threading.get_ident() % 10000}")
-    path.mkdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
 
 # --- start-up errors ------------------------------------------------------------
 

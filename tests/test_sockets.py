@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import stat
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from helpers import SUITE_PLUGINS, cli, wait_for
 
 from runner.testing import RunnerProcess
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    path = Path(f"/tmp/a6s-{os.getpid()}-{threading.get_ident() % 10000}")
-    path.mkdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_symlinks_planted_in_the_socket_directory_leave_their_target_untouched(short_dir: Path) -> None:
