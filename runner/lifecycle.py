@@ -24,6 +24,7 @@ threads queue (gunicorn's arbiter rule: a handler does nothing else). Rules:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -76,20 +77,21 @@ def watch_stdin(gone: Callable[[], None]) -> None:
     gone()
 
 
-def load_in_background(events: queue.SimpleQueue[tuple[str, Any]], what: str, config: Config) -> None:
-    """Import the plugin directory on a helper thread; ``(what, registry or RunnerError)`` arrives on ``events``."""
-    threading.Thread(target=_load, args=(events, what, config), name=f"{what}-plugins", daemon=True).start()
+def in_background(done: Callable[[Any], None], work: Callable[[], Any], where: str) -> None:
+    """Read or import plugin files (``work``) on a helper thread; ``done`` gets the result, or the
+    ``RunnerError`` it raised (any other exception becomes a ``PluginLoadError`` naming ``where``)."""
+    threading.Thread(target=_work, args=(done, work, where), name="plugins", daemon=True).start()
 
 
-def _load(events: queue.SimpleQueue[tuple[str, Any]], what: str, config: Config) -> None:
+def _work(done: Callable[[Any], None], work: Callable[[], Any], where: str) -> None:
     tuning.block_signals()  # and so do the threads plugin files start when imported
     try:
-        result: PluginRegistry | RunnerError = load_plugins(config.plugins, config.allow_insecure_plugins)
+        result = work()
     except RunnerError as e:
         result = e
     except BaseException as e:  # reported on the main thread, never raised on this helper thread
-        result = PluginLoadError(config.plugins, f"{type(e).__name__}: {e}")
-    events.put((what, result))
+        result = PluginLoadError(where, f"{type(e).__name__}: {e}")
+    done(result)
 
 
 class Runner:
@@ -190,7 +192,8 @@ def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> i
     tuning.raise_fd_limit()
     tuning.tune_allocator()
 
-    load_in_background(events, "loaded", config)
+    load = functools.partial(load_plugins, config.plugins, config.allow_insecure_plugins)
+    in_background(lambda result: events.put(("loaded", result)), load, config.plugins)
     registry: PluginRegistry | None = None
     while registry is None:
         event, value = events.get()
@@ -247,7 +250,7 @@ def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> i
                 continue
             reloading = True
             systemd.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-            load_in_background(events, "reloaded", config)
+            in_background(lambda result: events.put(("reloaded", result)), load, config.plugins)
         elif event == "reloaded":
             reloading = False
             if isinstance(value, RunnerError):

@@ -235,3 +235,29 @@ def test_json_log_lines_of_a_worker_carry_its_index() -> None:
     entries = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     error = next(e for e in entries if "raised RuntimeError" in e["msg"])
     assert error["worker"] in (0, 1)
+
+
+def test_a_worker_started_again_serves_its_siblings_plugins_whatever_the_disk_holds(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "version.py").write_text(VERSION.format(version="1"))
+    with RunnerProcess(plugins, args=["--workers", "2"]) as proc:
+        (plugins / "version.py").write_text(VERSION.format(version="2"))
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "in 2 worker(s)" in proc.log, "the reload")
+        (plugins / "version.py").write_text(VERSION.format(version="3"))  # on disk, never reloaded
+        (plugins / "broken.py").write_text("raise SystemExit(3)\n")
+        assert proc.proc is not None
+        os.kill(_children(proc.proc.pid)[0], signal.SIGKILL)
+        wait_for(lambda: "is serving again" in proc.log, "the respawn")
+        clients = [proc.client() for _ in range(24)]
+        try:
+            seen = {}
+            for c in clients:
+                token = c.prepare_conf([("version", "")], key="route#1#ext-plugin-pre-req#1")
+                headers = dict(c.http_req_call(token).headers)
+                seen.setdefault(headers["X-Pid"], set()).add(headers["X-Version"])
+            assert len(seen) == 2 and all(versions == {"2"} for versions in seen.values()), seen
+        finally:
+            for c in clients:
+                c.close()
