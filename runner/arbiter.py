@@ -10,7 +10,10 @@ runs no plugin code itself. Rules:
   drops is dropped in every worker.
 * A worker that exits is started again, with a back-off (``slots``); one
   that fails to start 5 times in a row (or any worker at the first start)
-  makes the master stop everything and exit 1 with the reason.
+  makes the master stop everything and exit 1 with the reason. Its death is
+  seen when its channel closes, and at the latest at the next tick (once a
+  second, however busy the workers keep the master) from its process: a
+  child a plugin forked may hold the channel open.
 * Plugin files: the master reads the directory (``loader.read_plugins``:
   audited and read, never imported) at start and at each SIGHUP, on a helper
   thread, and keeps the last committed set. Workers get their files from it,
@@ -244,7 +247,7 @@ class Arbiter:
         control.serve(lambda reply: self.events.put(("control-reload", None, reply)))
         systemd.notify("READY=1", self.status(), f"MAINPID={os.getpid()}")
         ping = systemd.watchdog_interval()
-        last_status = time.monotonic()
+        last_status = last_tick = time.monotonic()
         while True:
             try:
                 event, slot, value = self.events.get(timeout=min(1.0, ping or 1.0))
@@ -270,15 +273,16 @@ class Arbiter:
                 self.answer(slot, value)
             elif event == "closed":
                 self._worker_died(slot, value)
-                if any(s.failures >= START_ATTEMPTS for s in self.slots):
-                    failed = next(s for s in self.slots if s.failures >= START_ATTEMPTS)
-                    log.critical("worker %d keeps failing to start: %s", failed.index, failed.reason)
-                    return self._stop(1, endpoint)
-            else:
+            if time.monotonic() - last_tick >= 1.0:  # however busy the workers keep the queue
+                last_tick = time.monotonic()
                 self._tick()
-                if time.monotonic() - last_status >= STATUS_EVERY:
-                    systemd.notify(self.status())
-                    last_status = time.monotonic()
+            if any(s.failures >= START_ATTEMPTS for s in self.slots):
+                failed = next(s for s in self.slots if s.failures >= START_ATTEMPTS)
+                log.critical("worker %d keeps failing to start: %s", failed.index, failed.reason)
+                return self._stop(1, endpoint)
+            if time.monotonic() - last_status >= STATUS_EVERY:
+                systemd.notify(self.status())
+                last_status = time.monotonic()
         return self._stop(0, endpoint)
 
     def _listen(self) -> None:
@@ -326,6 +330,9 @@ class Arbiter:
 
     def _tick(self) -> None:
         now = time.monotonic()
+        for slot in self.slots:
+            if slot.proc is not None and slot.channel is not None and slot.proc.poll() is not None:
+                self._worker_died(slot, slot.channel)  # its channel may live on in a child a plugin started
         for slot in self.slots:
             if slot.proc is None and slot.respawn_at and now >= slot.respawn_at:
                 slot.respawn_at = 0.0

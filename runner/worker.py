@@ -16,6 +16,10 @@ every respect (pool, budget, deadlines, plugins) except:
   old plugins in all of them.
 * It stops on SIGTERM or ``stop`` from the master, and when the master is
   gone (the channel closes), so no worker outlives it.
+* The descriptors the master passed are made non-inheritable at once: a
+  process a plugin starts keeps none of them (a child holding the channel
+  would hide the worker's death from the master; the master also watches the
+  process itself for that reason, since a plain ``os.fork`` keeps them all).
 * Its log records carry ``worker`` (its index).
 """
 
@@ -62,6 +66,8 @@ class _WorkerField(logging.Filter):
 
 def serve(config: Config, spec: str) -> int:
     index, workers, listen_fd, shares_fd, channel_fd = (int(x) for x in spec.split(","))
+    for fd in (listen_fd, shares_fd, channel_fd):
+        os.set_inheritable(fd, False)  # the master passed them inheritable; nothing a plugin starts gets them
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WorkerField(index))
     events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
