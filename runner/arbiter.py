@@ -4,7 +4,7 @@ The master binds the socket (or takes systemd's), starts the workers
 (``worker``; each is the threaded server on that shared listening socket) and
 runs no plugin code itself. Rules:
 
-* Signal handlers only queue an event; the main thread does the rest.
+* Signal handlers only queue an event (``events``); the main thread does the rest.
 * Conf tokens: the master holds the table (``shared.TokenTable``) and answers
   the workers' ``prepare``/``lookup`` questions and ``touch`` reports; what it
   drops is dropped in every worker.
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import signal
 import socket
 import subprocess
@@ -48,6 +47,7 @@ from . import control, metrics, sockets, systemd, tuning
 from .channel import Channel, ChannelClosed, Message
 from .config import Config
 from .errors import RunnerError
+from .events import Events
 from .lifecycle import in_background, spawned_by_apisix, watch_stdin
 from .loader import PluginFiles, read_plugins
 from .reloads import Reload, Reply
@@ -66,7 +66,9 @@ class Arbiter:
     def __init__(self, config: Config, argv: Sequence[str], count: int) -> None:
         self.config = config
         self.argv = list(argv)
-        self.events: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
+        stop, reload = ("stop", None, None), ("reload", None, None)
+        signals = {signal.SIGTERM: stop, signal.SIGINT: stop, signal.SIGHUP: reload}
+        self.events: Events[tuple[str, Any, Any]] = Events(signals, idle=("tick", None, None))
         self.table = TokenTable(config)
         self.slots = [Slot(i) for i in range(count)]
         self.listener: socket.socket | None = None
@@ -213,8 +215,6 @@ class Arbiter:
 
     def run(self) -> int:
         cfg = self.config
-        for sig, event in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"), (signal.SIGHUP, "reload")):
-            signal.signal(sig, lambda *_, e=event: self.events.put((e, None, None)))
         tuning.raise_fd_limit()
         self.read_plugins(lambda result: self.events.put(("read", None, result)))
         event, _, value = self.events.get()
@@ -249,10 +249,7 @@ class Arbiter:
         ping = systemd.watchdog_interval()
         last_status = last_tick = time.monotonic()
         while True:
-            try:
-                event, slot, value = self.events.get(timeout=min(1.0, ping or 1.0))
-            except queue.Empty:
-                event, slot, value = "tick", None, None
+            event, slot, value = self.events.get(min(1.0, ping or 1.0))
             if ping is not None:
                 systemd.notify("WATCHDOG=1")
             if parent is not None and os.getppid() != parent:

@@ -1,7 +1,8 @@
 """Serving one runner process: start-up, the main thread's event loop, reloads and shutdown.
 
-The main thread only waits for events, which signal handlers and helper
-threads queue (gunicorn's arbiter rule: a handler does nothing else). Rules:
+The main thread only waits for events (``events``), which signal handlers
+and helper threads queue (gunicorn's arbiter rule: a handler does nothing
+else). Rules:
 
 * Plugins are imported on a helper thread, at start-up and at each reload,
   while the main thread keeps handling signals: a slow or endless import (or a
@@ -27,7 +28,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import queue
 import signal
 import stat
 import threading
@@ -40,6 +40,7 @@ from .cache import ConfCache
 from .config import Config
 from .dispatch import Dispatcher, TokenStore, err_frame
 from .errors import PluginLoadError, RunnerError
+from .events import Events
 from .loader import load_plugins, shutdown_all
 from .phases import Prepared
 from .plugins import PluginRegistry
@@ -68,7 +69,6 @@ def spawned_by_apisix() -> bool:
 
 def watch_stdin(gone: Callable[[], None]) -> None:
     """Call ``gone`` when APISIX's end of our stdin pipe closes (run on its own thread)."""
-    tuning.block_signals()
     try:
         while os.read(0, 65536):
             pass
@@ -84,7 +84,6 @@ def in_background(done: Callable[[Any], None], work: Callable[[], Any], where: s
 
 
 def _work(done: Callable[[Any], None], work: Callable[[], Any], where: str) -> None:
-    tuning.block_signals()  # and so do the threads plugin files start when imported
     try:
         result = work()
     except RunnerError as e:
@@ -180,14 +179,9 @@ class Runner:
 
 def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> int:
     """Run until told to stop; the exit status (0 after a signal, 1 if start-up failed)."""
-    events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-    signal_events = {signal.SIGTERM: "stop", signal.SIGINT: "stop", signal.SIGHUP: "reload"}
-
-    def on_signal(signum: int, _frame: object) -> None:
-        events.put((signal_events[signal.Signals(signum)], None))
-
-    for sig in signal_events:
-        signal.signal(sig, on_signal)
+    stop, reload = ("stop", None), ("reload", None)
+    signals = {signal.SIGTERM: stop, signal.SIGINT: stop, signal.SIGHUP: reload}
+    events: Events[tuple[str, Any]] = Events(signals, idle=("tick", None))
     tuning.pin_cpu(config.cpu)
     tuning.raise_fd_limit()
     tuning.tune_allocator()
@@ -232,10 +226,7 @@ def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> i
     waiting: list[Callable[[str], None]] = []  # `reload` commands waiting for the outcome
     taken_over = False
     while True:
-        try:
-            event, value = events.get(timeout=tick)
-        except queue.Empty:
-            event, value = "tick", None
+        event, value = events.get(tick)
         if watchdog_ping is not None:
             systemd.notify("WATCHDOG=1")
         if parent is not None and os.getppid() != parent:

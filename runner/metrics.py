@@ -26,8 +26,6 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from . import tuning
-
 log = logging.getLogger(__name__)
 
 PREFIX = "apisix_runner"
@@ -232,11 +230,7 @@ def serve(metrics: Metrics | Callable[[], str], host: str, port: int) -> Threadi
         )
     server = _Server((host, port), Handler, family)
 
-    def run() -> None:
-        tuning.block_signals()
-        server.serve_forever()
-
-    threading.Thread(target=run, name="metrics", daemon=True).start()
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
 
 

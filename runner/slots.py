@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import tuning
 from .channel import Channel, ChannelClosed, Message, Requests
 from .worker import WORKER_ENV
 
@@ -67,7 +66,6 @@ class Slot:
         reader.start()
 
     def _read(self, channel: Channel, on_event: OnEvent) -> None:
-        tuning.block_signals()
         try:
             while True:
                 message = channel.recv()

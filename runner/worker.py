@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import signal
 import socket
 import threading
@@ -39,6 +38,7 @@ from . import tuning
 from .channel import Channel, ChannelClosed, Message, Requests
 from .config import Config
 from .errors import RunnerError
+from .events import Events
 from .lifecycle import Runner, in_background
 from .loader import PluginFiles, load_files
 from .phases import Prepared
@@ -70,10 +70,10 @@ def serve(config: Config, spec: str) -> int:
         os.set_inheritable(fd, False)  # the master passed them inheritable; nothing a plugin starts gets them
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WorkerField(index))
-    events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: events.put(("stop", None)))
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the master reloads us, in two phases
+    signals = {signal.SIGTERM: ("stop", None), signal.SIGINT: ("stop", None)}
+    events: Events[tuple[str, Any]] = Events(signals, idle=("tick", None))
+    # The master reloads us, in two phases. Not SIG_IGN: that would stay ignored in what plugins start.
+    signal.signal(signal.SIGHUP, _ignore)
     tuning.pin_cpu(config.cpu, worker=index)
     tuning.raise_fd_limit()
     tuning.tune_allocator()
@@ -113,10 +113,7 @@ def serve(config: Config, spec: str) -> int:
 
     pending: PluginRegistry | None = None
     while True:
-        try:
-            event, value = early.popleft() if early else events.get(timeout=1.0)
-        except queue.Empty:
-            event, value = "tick", None
+        event, value = early.popleft() if early else events.get(1.0)
         if event == "stop":
             break
         if event == "gone":
@@ -159,8 +156,11 @@ def serve(config: Config, spec: str) -> int:
     return 0
 
 
-def _read(channel: Channel, requests: Requests, events: queue.SimpleQueue[tuple[str, Any]]) -> None:
-    tuning.block_signals()
+def _ignore(_signum: int, _frame: object) -> None:
+    pass
+
+
+def _read(channel: Channel, requests: Requests, events: Events[tuple[str, Any]]) -> None:
     try:
         while True:
             message: Message = channel.recv()
