@@ -235,7 +235,8 @@ class Arbiter:
             self.spawn(each)
         if not self._wait_ready():
             return self._stop(1)
-        endpoint = metrics.serve(self.render_metrics, cfg.metrics_host, cfg.metrics_port) if cfg.metrics_port else None
+        if cfg.metrics_port:
+            metrics.serve(self.render_metrics, cfg.metrics_host, cfg.metrics_port)
         where = "inherited socket" if self.inode is None else cfg.socket
         log.info("serving on %s with %d worker processes", where, len(self.slots))
         spawned = spawned_by_apisix()
@@ -276,11 +277,11 @@ class Arbiter:
             if any(s.failures >= START_ATTEMPTS for s in self.slots):
                 failed = next(s for s in self.slots if s.failures >= START_ATTEMPTS)
                 log.critical("worker %d keeps failing to start: %s", failed.index, failed.reason)
-                return self._stop(1, endpoint)
+                return self._stop(1)
             if time.monotonic() - last_status >= STATUS_EVERY:
                 systemd.notify(self.status())
                 last_status = time.monotonic()
-        return self._stop(0, endpoint)
+        return self._stop(0)
 
     def _listen(self) -> None:
         inherited = systemd.listen_socket()
@@ -347,7 +348,7 @@ class Arbiter:
             log.warning("socket path %s is no longer ours: another process has replaced it", self.config.socket)
             self.inode = None
 
-    def _stop(self, status: int, endpoint: Any = None) -> int:
+    def _stop(self, status: int) -> int:
         systemd.notify("STOPPING=1")
         if self.inode is not None and self.config.socket:
             sockets.unlink_if_ours(self.config.socket, self.inode)
@@ -365,9 +366,7 @@ class Arbiter:
                     slot.proc.wait()
         if self.listener is not None:
             self.listener.close()
-        if endpoint is not None:
-            endpoint.shutdown()
-        return status
+        return status  # (the metrics endpoint is left to the process's exit: nothing waits for a scraper)
 
 
 def serve(config: Config, argv: Sequence[str], count: int) -> int:

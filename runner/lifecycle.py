@@ -121,7 +121,6 @@ class Runner:
             config.slow_call,
             config.call_timeout,
         )
-        self.endpoint: Any = None
         self._accept: threading.Thread | None = None
 
     @property
@@ -140,7 +139,7 @@ class Runner:
             self.stats.gauge("threads", "Threads of the process.", threading.active_count)
             self.stats.labelled_gauge("stuck_calls", "Calls stuck past call_timeout.", "plugin", stuck.snapshot)
             if endpoint and self.config.metrics_port:
-                self.endpoint = metrics.serve(self.stats, self.config.metrics_host, self.config.metrics_port)
+                metrics.serve(self.stats, self.config.metrics_host, self.config.metrics_port)
         self._accept = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 1.0}, name="accept", daemon=True
         )
@@ -172,9 +171,7 @@ class Runner:
         left = self.server.drain(self.config.drain_timeout)
         shutdown_all(max(0.1, self.config.drain_timeout + HOOKS_GRACE - (time.monotonic() - started)))
         self.watchdog.stop()
-        if self.endpoint is not None:
-            self.endpoint.shutdown()
-        return left
+        return left  # (the metrics endpoint is left to the process's exit: nothing waits for a scraper)
 
 
 def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> int:

@@ -9,18 +9,23 @@ The endpoint uses the standard library's ``http.server``, which its own docs
 call unfit for untrusted networks: it binds 127.0.0.1 unless told otherwise
 (another address is logged as a warning), answers GET only, and serves
 ``/metrics`` and ``/healthz``. It is bounded: at most ``MAX_CLIENTS``
-connections are served at once (more are closed), each with a
-``CLIENT_TIMEOUT``. Plugin labels are the registered plugin names, so a route
+connections are served at once (more are closed), and a connection not
+answered ``CLIENT_TIMEOUT`` seconds after it was accepted is closed (a
+client sending a byte now and then cannot keep its slot). Nothing waits for
+the endpoint at exit: its threads are daemon threads, which end with the
+process, so a scraper cannot delay SIGTERM. Plugin labels are the registered plugin names, so a route
 conf cannot create label series at will.
 """
 
 from __future__ import annotations
 
 import bisect
+import io
 import ipaddress
 import logging
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,7 +37,7 @@ PREFIX = "apisix_runner"
 #: Plugin latency buckets, seconds: plugins are expected to take microseconds to milliseconds.
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 MAX_CLIENTS = 4
-CLIENT_TIMEOUT = 5.0
+CLIENT_TIMEOUT = 5.0  # seconds for a whole request and its answer
 
 
 def _labels(**labels: str) -> str:
@@ -177,7 +182,6 @@ class _Server(ThreadingHTTPServer):
         if not self._slots.acquire(blocking=False):
             self.shutdown_request(request)  # a scraper, not a crowd: the others get closed
             return
-        request.settimeout(CLIENT_TIMEOUT)
         super().process_request(request, client_address)
 
     def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
@@ -185,6 +189,25 @@ class _Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+
+class _Deadline(io.RawIOBase):
+    """A connection's reads, all before one deadline (a timeout per ``recv`` would restart with each byte)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self.sock = sock
+        self.deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete request within {CLIENT_TIMEOUT:g} s")
+        self.sock.settimeout(left)  # and what is left when the answer is written
+        return self.sock.recv_into(buffer)
 
 
 def check_host(host: str, port: int = 0) -> int:
@@ -204,6 +227,11 @@ def serve(metrics: Metrics | Callable[[], str], host: str, port: int) -> Threadi
     text = metrics.render if isinstance(metrics, Metrics) else metrics
 
     class Handler(BaseHTTPRequestHandler):
+        def setup(self) -> None:
+            super().setup()
+            self.rfile.close()  # (the socket's own reader: left open, it would keep the socket open)
+            self.rfile = io.BufferedReader(_Deadline(self.connection, time.monotonic() + CLIENT_TIMEOUT))
+
         def do_GET(self) -> None:
             if self.path.split("?", 1)[0] == "/metrics":
                 body, ctype = text().encode(), "text/plain; version=0.0.4; charset=utf-8"

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import threading
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from helpers import RUNNER_THREADS, TEST_PLUGINS, cli, thread_count, wait_for
@@ -86,3 +91,55 @@ def _scrapes(port: int) -> bool:
         return any(line.startswith("apisix_runner_") for line in _scrape("127.0.0.1", port))
     except OSError:
         return False
+
+
+@contextmanager
+def _tricklers(port: int, count: int) -> Iterator[list[threading.Event]]:
+    """``count`` clients sending one byte of a request every 0.2 s; each one's event is set once it is cut off."""
+    stop = threading.Event()
+
+    def trickle(sock: socket.socket, cut: threading.Event) -> None:
+        sock.settimeout(0.2)
+        with sock:
+            while not stop.is_set():
+                try:
+                    sock.send(b"G")
+                    if sock.recv(1) == b"":
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+        cut.set()
+
+    cuts = [threading.Event() for _ in range(count)]
+    threads = [
+        threading.Thread(target=trickle, args=(socket.create_connection(("127.0.0.1", port)), cut)) for cut in cuts
+    ]
+    for t in threads:
+        t.start()
+    try:
+        yield cuts
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
+def test_clients_trickling_a_request_are_cut_off_and_a_scrape_gets_through() -> None:
+    port = _free_port()
+    with RunnerProcess(TEST_PLUGINS, args=["--metrics-port", str(port)]), _tricklers(port, 4) as cuts:
+        wait_for(lambda: _scrapes(port), "a scrape to get through", timeout=30)
+        wait_for(lambda: all(cut.is_set() for cut in cuts), "the trickling clients to be cut off", timeout=30)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_exits_cleanly_while_clients_trickle_requests_to_the_metrics_port(workers: str) -> None:
+    port = _free_port()
+    args = ["--metrics-port", str(port), "--workers", workers]
+    with RunnerProcess(TEST_PLUGINS, args=args) as proc:
+        assert _scrapes(port)
+        with _tricklers(port, 8):
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+            assert not os.path.exists(proc.socket_path)
