@@ -227,6 +227,7 @@ class Arbiter:
             if isinstance(value, RunnerError):
                 raise value
             self.plugins = value
+            endpoint = metrics.bind(cfg.metrics_host, cfg.metrics_port) if cfg.metrics_port else None
             self._listen()
         except (RunnerError, OSError) as e:
             log.critical("cannot start: %s", e)
@@ -235,8 +236,8 @@ class Arbiter:
             self.spawn(each)
         if not self._wait_ready():
             return self._stop(1)
-        if cfg.metrics_port:
-            metrics.serve(self.render_metrics, cfg.metrics_host, cfg.metrics_port)
+        if endpoint is not None:
+            metrics.serve(endpoint, self.render_metrics)
         where = "inherited socket" if self.inode is None else cfg.socket
         log.info("serving on %s with %d worker processes", where, len(self.slots))
         spawned = spawned_by_apisix()

@@ -127,8 +127,8 @@ class Runner:
     def registry(self) -> PluginRegistry:
         return self.dispatcher.registry
 
-    def start(self, endpoint: bool = True) -> None:
-        """Start serving; ``endpoint``: also serve the metrics (a worker's master serves them instead)."""
+    def start(self, endpoint: metrics.Endpoint | None = None) -> None:
+        """Start serving, and the metrics on ``endpoint`` (a worker's master serves them instead)."""
         if self.stats is not None:
             server, cache, stuck = self.server, self.cache, self.dispatcher.stuck
             self.stats.gauge("connections", "Open APISIX connections.", lambda: server.connection_count)
@@ -138,8 +138,8 @@ class Runner:
             self.stats.gauge("buffered_bytes", "Bytes of frames received or handled.", lambda: server.budget.used)
             self.stats.gauge("threads", "Threads of the process.", threading.active_count)
             self.stats.labelled_gauge("stuck_calls", "Calls stuck past call_timeout.", "plugin", stuck.snapshot)
-            if endpoint and self.config.metrics_port:
-                metrics.serve(self.stats, self.config.metrics_host, self.config.metrics_port)
+            if endpoint is not None:
+                metrics.serve(endpoint, self.stats)
         self._accept = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 1.0}, name="accept", daemon=True
         )
@@ -198,12 +198,13 @@ def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> i
             registry = value
     spawned = spawned_by_apisix()
     replace = config.replace_socket == "yes" or (config.replace_socket == "auto" and spawned)
-    try:
+    try:  # the metrics port first: a runner that cannot start never holds APISIX's socket
+        endpoint = metrics.bind(config.metrics_host, config.metrics_port) if config.metrics_port else None
         runner = Runner(config, registry, systemd.listen_socket(), replace)
     except (RunnerError, OSError) as e:
         log.critical("cannot start: %s", e)
         return 1
-    runner.start()
+    runner.start(endpoint)
     where = "inherited socket" if runner.server.inode is None else config.socket
     log.info("serving on %s with %d plugin(s): %s", where, len(registry), ", ".join(registry.names()) or "none")
     if on_ready is not None:

@@ -31,6 +31,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 PREFIX = "apisix_runner"
@@ -169,14 +171,17 @@ def render(snap: Snapshot) -> str:
     return "\n".join(out) + "\n"
 
 
-class _Server(ThreadingHTTPServer):
+class Endpoint(ThreadingHTTPServer):
+    """The endpoint's server: ``bind`` makes one, ``serve`` starts it."""
+
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], family: int) -> None:
+    def __init__(self, address: tuple[str, int], family: int) -> None:
         self.address_family = family
+        self.render: Callable[[], str] = lambda: ""
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
-        super().__init__(address, handler)
+        super().__init__(address, _Handler)
 
     def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
         if not self._slots.acquire(blocking=False):
@@ -210,56 +215,55 @@ class _Deadline(io.RawIOBase):
         return self.sock.recv_into(buffer)
 
 
-def check_host(host: str, port: int = 0) -> int:
-    """The address family for ``host``; ``OSError`` if it cannot be bound here."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family = infos[0][0]
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-    return family
+class _Handler(BaseHTTPRequestHandler):
+    server: Endpoint
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # (the socket's own reader: left open, it would keep the socket open)
+        self.rfile = io.BufferedReader(_Deadline(self.connection, time.monotonic() + CLIENT_TIMEOUT))
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] == "/metrics":
+            body, ctype = self.server.render().encode(), "text/plain; version=0.0.4; charset=utf-8"
+        elif self.path == "/healthz":
+            body, ctype = b"ok\n", "text/plain; charset=utf-8"
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("metrics endpoint: " + format, *args)
 
 
-def serve(metrics: Metrics | Callable[[], str], host: str, port: int) -> ThreadingHTTPServer:
-    """Start the endpoint on a daemon thread; ``shutdown()`` the returned server to stop it.
+def bind(host: str, port: int) -> Endpoint:
+    """The endpoint, bound but not serving yet; ``ConfigError`` naming the address and why if it cannot be."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        endpoint = Endpoint((host, port), family)
+    except OSError as e:
+        raise ConfigError(f"metrics endpoint {where} cannot be bound here: {e.strerror or e}") from None
+    if not _loopback(host):
+        log.warning(
+            "metrics endpoint on %s: reachable beyond this host (http.server is not meant for untrusted networks)",
+            where,
+        )
+    return endpoint
+
+
+def serve(endpoint: Endpoint, metrics: Metrics | Callable[[], str]) -> None:
+    """Serve ``bind``'s endpoint on a daemon thread (the process's exit ends it, nothing waits for it).
 
     ``metrics`` is this process's ``Metrics``, or (a master) a function that renders the workers' sum.
     """
-    text = metrics.render if isinstance(metrics, Metrics) else metrics
-
-    class Handler(BaseHTTPRequestHandler):
-        def setup(self) -> None:
-            super().setup()
-            self.rfile.close()  # (the socket's own reader: left open, it would keep the socket open)
-            self.rfile = io.BufferedReader(_Deadline(self.connection, time.monotonic() + CLIENT_TIMEOUT))
-
-        def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] == "/metrics":
-                body, ctype = text().encode(), "text/plain; version=0.0.4; charset=utf-8"
-            elif self.path == "/healthz":
-                body, ctype = b"ok\n", "text/plain; charset=utf-8"
-            else:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            log.debug("metrics endpoint: " + format, *args)
-
-    family = check_host(host, port)
-    if not _loopback(host):
-        log.warning(
-            "metrics endpoint on %s:%d: reachable beyond this host (http.server is not meant for untrusted networks)",
-            host,
-            port,
-        )
-    server = _Server((host, port), Handler, family)
-
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    return server
+    endpoint.render = metrics.render if isinstance(metrics, Metrics) else metrics
+    threading.Thread(target=endpoint.serve_forever, name="metrics", daemon=True).start()
 
 
 def _loopback(host: str) -> bool:

@@ -108,7 +108,7 @@ def serve(config: Config, spec: str) -> int:
     tokens = SharedTokens(requests, config, rebuild)
     listener = socket.socket(fileno=listen_fd)
     runner = Runner(config, registry, listener, tokens=tokens, shares=Shares(shares_fd, workers, index))
-    runner.start(endpoint=False)
+    runner.start()
     channel.send({"op": "ready", "pid": os.getpid()})
 
     pending: PluginRegistry | None = None

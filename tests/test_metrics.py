@@ -9,6 +9,7 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from helpers import RUNNER_THREADS, TEST_PLUGINS, cli, thread_count, wait_for
@@ -67,7 +68,36 @@ def test_a_host_reachable_from_elsewhere_is_accepted_with_a_warning() -> None:
 def test_check_refuses_a_metrics_host_that_cannot_be_bound(host: str) -> None:
     result = cli("check", "--plugins", str(TEST_PLUGINS), "--metrics-port", "9813", "--metrics-host", host)
     assert result.returncode == 1
-    assert f"metrics_host {host!r} cannot be bound here" in result.stderr
+    assert f"metrics endpoint {host}:9813 cannot be bound here" in result.stderr
+
+
+def test_check_reports_a_metrics_port_in_use() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("check", "--plugins", str(TEST_PLUGINS), "--metrics-port", str(port))
+    assert result.returncode == 1
+    assert f"metrics endpoint 127.0.0.1:{port} cannot be bound here: Address already in use" in result.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "not-a-host.invalid"], ids=["port-in-use", "bad-host"])
+def test_a_metrics_endpoint_that_cannot_be_bound_stops_the_start_in_one_line(
+    tmp_path: Path, host: str, workers: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "r.sock"
+        args = ["--metrics-port", str(port), "--metrics-host", host, "--workers", workers]
+        result = cli("run", "--socket", str(path), "--plugins", str(TEST_PLUGINS), *args)
+    assert result.returncode == 1
+    critical = [line for line in result.stderr.splitlines() if "CRITICAL" in line]
+    assert len(critical) == 1 and f"cannot start: metrics endpoint {host}:{port} cannot be bound here: " in critical[0]
+    assert "Traceback" not in result.stderr
+    assert not path.exists()
 
 
 def test_idle_scrapers_cannot_hold_the_endpoint_or_its_threads() -> None:
