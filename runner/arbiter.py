@@ -37,7 +37,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -48,7 +47,7 @@ from .channel import Channel, ChannelClosed, Message
 from .config import Config
 from .errors import RunnerError
 from .events import Events
-from .lifecycle import in_background, spawned_by_apisix, watch_stdin
+from .lifecycle import in_background, spawned_by_apisix, watch_parent
 from .loader import PluginFiles, read_plugins
 from .reloads import Reload, Reply
 from .shared import TokenTable
@@ -240,12 +239,7 @@ class Arbiter:
             metrics.serve(endpoint, self.render_metrics)
         where = "inherited socket" if self.inode is None else cfg.socket
         log.info("serving on %s with %d worker processes", where, len(self.slots))
-        spawned = spawned_by_apisix()
-        watch = cfg.exit_with_parent == "yes" or (cfg.exit_with_parent == "auto" and spawned)
-        parent = os.getppid() if watch else None
-        if watch and spawned:
-            gone = lambda: self.events.put(("parent-gone", None, None))  # noqa: E731
-            threading.Thread(target=watch_stdin, args=(gone,), name="parent-watch", daemon=True).start()
+        parent = watch_parent(cfg, lambda: self.events.put(("parent-gone", None, None)))
         control.serve(lambda reply: self.events.put(("control-reload", None, reply)))
         systemd.notify("READY=1", self.status(), f"MAINPID={os.getpid()}")
         ping = systemd.watchdog_interval()

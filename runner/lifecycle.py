@@ -56,10 +56,24 @@ HOOKS_GRACE = 0.2  # seconds after the drain for the plugins' shutdown hooks (AP
 _TRIM_AFTER = 1 << 20  # bytes of frames held since the last trim worth giving back
 
 
+#: What APISIX runs as (its nginx, or OpenResty's binary): the parent of a runner it spawned.
+APISIX_PARENTS = ("nginx", "openresty")
+
+
+def parent_name() -> str:
+    """The parent process's command name (``/proc/PPID/comm``: its executable's basename)."""
+    try:
+        with open(f"/proc/{os.getppid()}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
 def spawned_by_apisix() -> bool:
-    """Whether APISIX's ``ext-plugin.cmd`` started us: stdin is the pipe ``ngx.pipe``
-    gives its child, APISIX set its variables, and we are not a container's init."""
-    if os.getpid() == 1 or "APISIX_CONF_EXPIRE_TIME" not in os.environ:
+    """Whether APISIX's ``ext-plugin.cmd`` started us: our parent is nginx (or openresty),
+    stdin is the pipe ``ngx.pipe`` gives its child, APISIX set its variables, and we are
+    not a container's init. A shell or a container runtime with the same stdin is not APISIX."""
+    if os.getpid() == 1 or "APISIX_CONF_EXPIRE_TIME" not in os.environ or parent_name() not in APISIX_PARENTS:
         return False
     try:
         return stat.S_ISFIFO(os.fstat(0).st_mode)
@@ -67,8 +81,24 @@ def spawned_by_apisix() -> bool:
         return False
 
 
-def watch_stdin(gone: Callable[[], None]) -> None:
-    """Call ``gone`` when APISIX's end of our stdin pipe closes (run on its own thread)."""
+def watch_parent(config: Config, gone: Callable[[], None]) -> int | None:
+    """The parent pid to compare ``os.getppid()`` with each tick (``None``: ``exit_with_parent``
+    does not apply); started by APISIX, ``gone`` is also called when its pipe on our stdin closes."""
+    spawned = spawned_by_apisix()
+    watch = config.exit_with_parent == "yes" or (config.exit_with_parent == "auto" and spawned)
+    log.debug(
+        "exit_with_parent = %s: %s parent %d (%s)",
+        config.exit_with_parent,
+        "exiting with" if watch else "not watching",
+        os.getppid(),
+        parent_name(),
+    )
+    if watch and spawned:  # EOF on APISIX's pipe is the quickest sign it is gone
+        threading.Thread(target=_watch_stdin, args=(gone,), name="parent-watch", daemon=True).start()
+    return os.getppid() if watch else None
+
+
+def _watch_stdin(gone: Callable[[], None]) -> None:
     try:
         while os.read(0, 65536):
             pass
@@ -209,11 +239,7 @@ def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> i
     log.info("serving on %s with %d plugin(s): %s", where, len(registry), ", ".join(registry.names()) or "none")
     if on_ready is not None:
         on_ready(runner)
-    watch = config.exit_with_parent == "yes" or (config.exit_with_parent == "auto" and spawned)
-    parent = os.getppid() if watch else None
-    if watch and spawned:  # EOF on APISIX's pipe is the quickest sign it is gone
-        gone = lambda: events.put(("parent-gone", None))  # noqa: E731
-        threading.Thread(target=watch_stdin, args=(gone,), name="parent-watch", daemon=True).start()
+    parent = watch_parent(config, lambda: events.put(("parent-gone", None)))
 
     control.serve(lambda reply: events.put(("control-reload", reply)))
     systemd.notify("READY=1", runner.status(), f"MAINPID={os.getpid()}")
