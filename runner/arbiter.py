@@ -97,8 +97,8 @@ class Arbiter:
         op = message["op"]
         if op == "plugins":
             assert self.plugins is not None
-            answer = {"op": "answer", "id": message["id"], "generation": self.table.generation}
-            slot.send({**answer, "plugins": self.plugins.pack()})
+            generation, plugins = self.table.generation, self.plugins.pack()
+            slot.send({"op": "answer", "id": message["id"], "generation": generation, "plugins": plugins})
             slot.served = True
             if self.reload is not None and self.reload.files is not None:  # it takes part in this reload too
                 self.reload.join(slot.index)

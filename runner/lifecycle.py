@@ -226,8 +226,7 @@ def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> i
                 log.critical("cannot start: %s", value)
                 return 1
             registry = value
-    spawned = spawned_by_apisix()
-    replace = config.replace_socket == "yes" or (config.replace_socket == "auto" and spawned)
+    replace = config.replace_socket == "yes" or (config.replace_socket == "auto" and spawned_by_apisix())
     try:  # the metrics port first: a runner that cannot start never holds APISIX's socket
         endpoint = metrics.bind(config.metrics_host, config.metrics_port) if config.metrics_port else None
         runner = Runner(config, registry, systemd.listen_socket(), replace)
