@@ -25,8 +25,6 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from . import tuning
-
 T = TypeVar("T")
 
 _lock = threading.Lock()
@@ -45,7 +43,6 @@ def loop() -> asyncio.AbstractEventLoop:
             new = asyncio.new_event_loop()
 
             def run() -> None:
-                tuning.block_signals()
                 asyncio.set_event_loop(new)
                 new.call_soon(ready.set)
                 new.run_forever()
@@ -82,6 +79,6 @@ async def sync_step(fn: Callable[..., T], *args: Any) -> T:
     if _executor is None:
         with _lock:
             if _executor is None:
-                _executor = concurrent.futures.ThreadPoolExecutor(SYNC_STEP_THREADS, "sync-step", tuning.block_signals)
+                _executor = concurrent.futures.ThreadPoolExecutor(SYNC_STEP_THREADS, "sync-step")
     context = contextvars.copy_context()
     return await asyncio.get_running_loop().run_in_executor(_executor, functools.partial(context.run, fn, *args))

@@ -63,6 +63,10 @@ class Channel:
         return self.sock.fileno()
 
     def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes our reader thread, which close() alone would not
+        except OSError:
+            pass  # not connected any more
         self.sock.close()
 
 

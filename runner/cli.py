@@ -101,10 +101,7 @@ def check(config: Config) -> int:
         if config.cpu is not None:
             print(f"cpu {config.cpu}: ok (CPU {tuning.resolve_cpu(config.cpu)} here)")
         if config.metrics_port:
-            try:
-                metrics.check_host(config.metrics_host)
-            except OSError as e:
-                raise RunnerError(f"metrics_host {config.metrics_host!r} cannot be bound here: {e}") from None
+            metrics.bind(config.metrics_host, config.metrics_port).server_close()  # in use, or no such address
             print(f"metrics {config.metrics_host}:{config.metrics_port}: ok")
         registry = load_plugins(config.plugins, config.allow_insecure_plugins)
     except RunnerError as e:

@@ -23,8 +23,6 @@ import struct
 import threading
 from collections.abc import Callable
 
-from . import tuning
-
 log = logging.getLogger(__name__)
 
 _UCRED = struct.Struct("3i")
@@ -46,7 +44,6 @@ def serve(on_reload: OnReload) -> socket.socket:
 
 
 def _accept(listener: socket.socket, on_reload: OnReload) -> None:
-    tuning.block_signals()
     allowed = {0, os.geteuid()}
     while True:
         try:

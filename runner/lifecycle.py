@@ -1,7 +1,8 @@
 """Serving one runner process: start-up, the main thread's event loop, reloads and shutdown.
 
-The main thread only waits for events, which signal handlers and helper
-threads queue (gunicorn's arbiter rule: a handler does nothing else). Rules:
+The main thread only waits for events (``events``), which signal handlers
+and helper threads queue (gunicorn's arbiter rule: a handler does nothing
+else). Rules:
 
 * Plugins are imported on a helper thread, at start-up and at each reload,
   while the main thread keeps handling signals: a slow or endless import (or a
@@ -24,9 +25,9 @@ threads queue (gunicorn's arbiter rule: a handler does nothing else). Rules:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import queue
 import signal
 import stat
 import threading
@@ -39,6 +40,7 @@ from .cache import ConfCache
 from .config import Config
 from .dispatch import Dispatcher, TokenStore, err_frame
 from .errors import PluginLoadError, RunnerError
+from .events import Events
 from .loader import load_plugins, shutdown_all
 from .phases import Prepared
 from .plugins import PluginRegistry
@@ -54,10 +56,24 @@ HOOKS_GRACE = 0.2  # seconds after the drain for the plugins' shutdown hooks (AP
 _TRIM_AFTER = 1 << 20  # bytes of frames held since the last trim worth giving back
 
 
+#: What APISIX runs as (its nginx, or OpenResty's binary): the parent of a runner it spawned.
+APISIX_PARENTS = ("nginx", "openresty")
+
+
+def parent_name() -> str:
+    """The parent process's command name (``/proc/PPID/comm``: its executable's basename)."""
+    try:
+        with open(f"/proc/{os.getppid()}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
 def spawned_by_apisix() -> bool:
-    """Whether APISIX's ``ext-plugin.cmd`` started us: stdin is the pipe ``ngx.pipe``
-    gives its child, APISIX set its variables, and we are not a container's init."""
-    if os.getpid() == 1 or "APISIX_CONF_EXPIRE_TIME" not in os.environ:
+    """Whether APISIX's ``ext-plugin.cmd`` started us: our parent is nginx (or openresty),
+    stdin is the pipe ``ngx.pipe`` gives its child, APISIX set its variables, and we are
+    not a container's init. A shell or a container runtime with the same stdin is not APISIX."""
+    if os.getpid() == 1 or "APISIX_CONF_EXPIRE_TIME" not in os.environ or parent_name() not in APISIX_PARENTS:
         return False
     try:
         return stat.S_ISFIFO(os.fstat(0).st_mode)
@@ -65,9 +81,24 @@ def spawned_by_apisix() -> bool:
         return False
 
 
-def watch_stdin(gone: Callable[[], None]) -> None:
-    """Call ``gone`` when APISIX's end of our stdin pipe closes (run on its own thread)."""
-    tuning.block_signals()
+def watch_parent(config: Config, gone: Callable[[], None]) -> int | None:
+    """The parent pid to compare ``os.getppid()`` with each tick (``None``: ``exit_with_parent``
+    does not apply); started by APISIX, ``gone`` is also called when its pipe on our stdin closes."""
+    spawned = spawned_by_apisix()
+    watch = config.exit_with_parent == "yes" or (config.exit_with_parent == "auto" and spawned)
+    log.debug(
+        "exit_with_parent = %s: %s parent %d (%s)",
+        config.exit_with_parent,
+        "exiting with" if watch else "not watching",
+        os.getppid(),
+        parent_name(),
+    )
+    if watch and spawned:  # EOF on APISIX's pipe is the quickest sign it is gone
+        threading.Thread(target=_watch_stdin, args=(gone,), name="parent-watch", daemon=True).start()
+    return os.getppid() if watch else None
+
+
+def _watch_stdin(gone: Callable[[], None]) -> None:
     try:
         while os.read(0, 65536):
             pass
@@ -76,20 +107,20 @@ def watch_stdin(gone: Callable[[], None]) -> None:
     gone()
 
 
-def load_in_background(events: queue.SimpleQueue[tuple[str, Any]], what: str, config: Config) -> None:
-    """Import the plugin directory on a helper thread; ``(what, registry or RunnerError)`` arrives on ``events``."""
-    threading.Thread(target=_load, args=(events, what, config), name=f"{what}-plugins", daemon=True).start()
+def in_background(done: Callable[[Any], None], work: Callable[[], Any], where: str) -> None:
+    """Read or import plugin files (``work``) on a helper thread; ``done`` gets the result, or the
+    ``RunnerError`` it raised (any other exception becomes a ``PluginLoadError`` naming ``where``)."""
+    threading.Thread(target=_work, args=(done, work, where), name="plugins", daemon=True).start()
 
 
-def _load(events: queue.SimpleQueue[tuple[str, Any]], what: str, config: Config) -> None:
-    tuning.block_signals()  # and so do the threads plugin files start when imported
+def _work(done: Callable[[Any], None], work: Callable[[], Any], where: str) -> None:
     try:
-        result: PluginRegistry | RunnerError = load_plugins(config.plugins, config.allow_insecure_plugins)
+        result = work()
     except RunnerError as e:
         result = e
     except BaseException as e:  # reported on the main thread, never raised on this helper thread
-        result = PluginLoadError(config.plugins, f"{type(e).__name__}: {e}")
-    events.put((what, result))
+        result = PluginLoadError(where, f"{type(e).__name__}: {e}")
+    done(result)
 
 
 class Runner:
@@ -120,15 +151,14 @@ class Runner:
             config.slow_call,
             config.call_timeout,
         )
-        self.endpoint: Any = None
         self._accept: threading.Thread | None = None
 
     @property
     def registry(self) -> PluginRegistry:
         return self.dispatcher.registry
 
-    def start(self, endpoint: bool = True) -> None:
-        """Start serving; ``endpoint``: also serve the metrics (a worker's master serves them instead)."""
+    def start(self, endpoint: metrics.Endpoint | None = None) -> None:
+        """Start serving, and the metrics on ``endpoint`` (a worker's master serves them instead)."""
         if self.stats is not None:
             server, cache, stuck = self.server, self.cache, self.dispatcher.stuck
             self.stats.gauge("connections", "Open APISIX connections.", lambda: server.connection_count)
@@ -138,8 +168,8 @@ class Runner:
             self.stats.gauge("buffered_bytes", "Bytes of frames received or handled.", lambda: server.budget.used)
             self.stats.gauge("threads", "Threads of the process.", threading.active_count)
             self.stats.labelled_gauge("stuck_calls", "Calls stuck past call_timeout.", "plugin", stuck.snapshot)
-            if endpoint and self.config.metrics_port:
-                self.endpoint = metrics.serve(self.stats, self.config.metrics_host, self.config.metrics_port)
+            if endpoint is not None:
+                metrics.serve(endpoint, self.stats)
         self._accept = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 1.0}, name="accept", daemon=True
         )
@@ -171,26 +201,20 @@ class Runner:
         left = self.server.drain(self.config.drain_timeout)
         shutdown_all(max(0.1, self.config.drain_timeout + HOOKS_GRACE - (time.monotonic() - started)))
         self.watchdog.stop()
-        if self.endpoint is not None:
-            self.endpoint.shutdown()
-        return left
+        return left  # (the metrics endpoint is left to the process's exit: nothing waits for a scraper)
 
 
 def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> int:
     """Run until told to stop; the exit status (0 after a signal, 1 if start-up failed)."""
-    events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-    signal_events = {signal.SIGTERM: "stop", signal.SIGINT: "stop", signal.SIGHUP: "reload"}
-
-    def on_signal(signum: int, _frame: object) -> None:
-        events.put((signal_events[signal.Signals(signum)], None))
-
-    for sig in signal_events:
-        signal.signal(sig, on_signal)
+    stop, reload = ("stop", None), ("reload", None)
+    signals = {signal.SIGTERM: stop, signal.SIGINT: stop, signal.SIGHUP: reload}
+    events: Events[tuple[str, Any]] = Events(signals, idle=("tick", None))
     tuning.pin_cpu(config.cpu)
     tuning.raise_fd_limit()
     tuning.tune_allocator()
 
-    load_in_background(events, "loaded", config)
+    load = functools.partial(load_plugins, config.plugins, config.allow_insecure_plugins)
+    in_background(lambda result: events.put(("loaded", result)), load, config.plugins)
     registry: PluginRegistry | None = None
     while registry is None:
         event, value = events.get()
@@ -202,23 +226,19 @@ def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> i
                 log.critical("cannot start: %s", value)
                 return 1
             registry = value
-    spawned = spawned_by_apisix()
-    replace = config.replace_socket == "yes" or (config.replace_socket == "auto" and spawned)
-    try:
+    replace = config.replace_socket == "yes" or (config.replace_socket == "auto" and spawned_by_apisix())
+    try:  # the metrics port first: a runner that cannot start never holds APISIX's socket
+        endpoint = metrics.bind(config.metrics_host, config.metrics_port) if config.metrics_port else None
         runner = Runner(config, registry, systemd.listen_socket(), replace)
     except (RunnerError, OSError) as e:
         log.critical("cannot start: %s", e)
         return 1
-    runner.start()
+    runner.start(endpoint)
     where = "inherited socket" if runner.server.inode is None else config.socket
     log.info("serving on %s with %d plugin(s): %s", where, len(registry), ", ".join(registry.names()) or "none")
     if on_ready is not None:
         on_ready(runner)
-    watch = config.exit_with_parent == "yes" or (config.exit_with_parent == "auto" and spawned)
-    parent = os.getppid() if watch else None
-    if watch and spawned:  # EOF on APISIX's pipe is the quickest sign it is gone
-        gone = lambda: events.put(("parent-gone", None))  # noqa: E731
-        threading.Thread(target=watch_stdin, args=(gone,), name="parent-watch", daemon=True).start()
+    parent = watch_parent(config, lambda: events.put(("parent-gone", None)))
 
     control.serve(lambda reply: events.put(("control-reload", reply)))
     systemd.notify("READY=1", runner.status(), f"MAINPID={os.getpid()}")
@@ -229,10 +249,7 @@ def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> i
     waiting: list[Callable[[str], None]] = []  # `reload` commands waiting for the outcome
     taken_over = False
     while True:
-        try:
-            event, value = events.get(timeout=tick)
-        except queue.Empty:
-            event, value = "tick", None
+        event, value = events.get(tick)
         if watchdog_ping is not None:
             systemd.notify("WATCHDOG=1")
         if parent is not None and os.getppid() != parent:
@@ -247,7 +264,7 @@ def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> i
                 continue
             reloading = True
             systemd.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-            load_in_background(events, "reloaded", config)
+            in_background(lambda result: events.put(("reloaded", result)), load, config.plugins)
         elif event == "reloaded":
             reloading = False
             if isinstance(value, RunnerError):

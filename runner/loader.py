@@ -22,8 +22,10 @@ Rules:
   their ``shutdown`` hooks when its registry is garbage-collected, or at
   SIGTERM (``shutdown_all``).
 * Each load reads every ``*.py`` file of the directory (and of its packages)
-  once, into a snapshot, and is a new package whose imports execute those
-  bytes, at load time or later: a reload re-executes the files, and a plugin
+  once, into a snapshot (``read_plugins``: audited and read, nothing
+  imported; a master of several workers keeps it and hands it to them), and
+  is a new package whose imports execute those bytes (``load_files``), at
+  load time or later: a reload re-executes the files, and a plugin
   of an old token that imports lazily (``from . import _helper`` in
   ``filter``) still gets the code it was loaded with, after any number of
   reloads, until its registry is garbage-collected (when no conf token
@@ -34,6 +36,7 @@ Rules:
 
 from __future__ import annotations
 
+import base64
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -46,6 +49,7 @@ import sys
 import time
 import types
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,22 +62,59 @@ log = logging.getLogger(__name__)
 _generations = itertools.count(1)  # next() is atomic: loads from two threads get distinct packages
 
 
-class _Snapshot(importlib.abc.SourceLoader):
-    """The files of one load, read once; imports of its package execute these bytes."""
+@dataclass(frozen=True)
+class PluginFiles:
+    """A plugin directory as one load reads it: its path, and every file's bytes by relative path
+    (``"auth.py"``, ``"pkg/__init__.py"``), in the order they are loaded."""
 
-    def __init__(self, package: str, root: Path) -> None:
+    root: str
+    files: dict[str, bytes]
+
+    def pack(self) -> dict[str, Any]:
+        """As plain JSON data (what a master sends its workers)."""
+        return {"root": self.root, "files": {rel: base64.b64encode(b).decode() for rel, b in self.files.items()}}
+
+    @classmethod
+    def unpack(cls, data: dict[str, Any]) -> PluginFiles:
+        return cls(str(data["root"]), {str(rel): base64.b64decode(b) for rel, b in data["files"].items()})
+
+
+def read_plugins(directory: str | Path, allow_insecure: bool = False) -> PluginFiles:
+    """Audit ``directory`` and read its plugin files, importing nothing; ``PluginLoadError`` names the first problem."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise PluginLoadError(str(root), "plugin directory does not exist")
+    problems = audit(root)
+    if problems:
+        if not allow_insecure:
+            raise PluginLoadError(str(root), problems[0] + " (or set allow_insecure_plugins = yes)")
+        for problem in problems:
+            log.warning("loading plugins anyway (allow_insecure_plugins): %s", problem)
+    files: dict[str, bytes] = {}
+    _read(root, "", files)
+    return PluginFiles(str(root), files)
+
+
+def _read(directory: Path, prefix: str, files: dict[str, bytes]) -> None:
+    for path in sorted(directory.iterdir()):
+        if path.suffix == ".py" and path.stem != "__init__":
+            files[prefix + path.name] = _source(path)
+        elif path.is_dir() and (path / "__init__.py").is_file():
+            files[f"{prefix}{path.name}/__init__.py"] = _source(path / "__init__.py")
+            _read(path, f"{prefix}{path.name}/", files)
+
+
+class _Snapshot(importlib.abc.SourceLoader):
+    """The files of one load; imports of its package execute these bytes."""
+
+    def __init__(self, package: str, plugins: PluginFiles) -> None:
         self.package = package
         self.files: dict[str, tuple[Path, bytes, bool]] = {}  # module name -> (path, source, is a package)
-        self._read(package, root)
-
-    def _read(self, prefix: str, directory: Path) -> None:
-        for path in sorted(directory.iterdir()):
-            if path.suffix == ".py" and path.stem != "__init__":
-                self.files[f"{prefix}.{path.stem}"] = (path, _source(path), False)
-            elif path.is_dir() and (path / "__init__.py").is_file():
-                name = f"{prefix}.{path.name}"
-                self.files[name] = (path / "__init__.py", _source(path / "__init__.py"), True)
-                self._read(name, path)
+        for rel, source in plugins.files.items():
+            *dirs, name = rel.split("/")
+            is_package = name == "__init__.py"
+            module = ".".join([package, *dirs] if is_package else [package, *dirs, name.removesuffix(".py")])
+            self.files[module] = (Path(plugins.root, rel), source, is_package)
 
     def find_spec(
         self, fullname: str, path: object = None, target: object = None
@@ -128,21 +169,17 @@ def _source(path: Path) -> bytes:
 
 def load_plugins(directory: str | Path, allow_insecure: bool = False) -> PluginRegistry:
     """Import every plugin file of ``directory``; ``PluginLoadError`` names the first problem."""
-    root = Path(directory)
-    if not root.is_dir():
-        raise PluginLoadError(str(root), "plugin directory does not exist")
-    problems = audit(root)
-    if problems:
-        if not allow_insecure:
-            raise PluginLoadError(str(root), problems[0] + " (or set allow_insecure_plugins = yes)")
-        for problem in problems:
-            log.warning("loading plugins anyway (allow_insecure_plugins): %s", problem)
+    return load_files(read_plugins(directory, allow_insecure))
+
+
+def load_files(plugins: PluginFiles) -> PluginRegistry:
+    """Import the plugin files ``read_plugins`` read; ``PluginLoadError`` names the first problem."""
     from . import compat  # (here: runner.compat builds on the plugin API)
 
     compat.install()  # plugin files may import the official runner's paths (apisix.runner...)
     # Unique in the process even if another copy of this module loads plugins too.
     package = f"_a6_plugins{next(_generations)}_{secrets.token_hex(4)}"
-    snapshot = _Snapshot(package, root)
+    snapshot = _Snapshot(package, plugins)
     module = types.ModuleType(package)
     module.__path__ = []  # submodules come from the snapshot only
     sys.modules[package] = module

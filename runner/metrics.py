@@ -9,24 +9,29 @@ The endpoint uses the standard library's ``http.server``, which its own docs
 call unfit for untrusted networks: it binds 127.0.0.1 unless told otherwise
 (another address is logged as a warning), answers GET only, and serves
 ``/metrics`` and ``/healthz``. It is bounded: at most ``MAX_CLIENTS``
-connections are served at once (more are closed), each with a
-``CLIENT_TIMEOUT``. Plugin labels are the registered plugin names, so a route
+connections are served at once (more are closed), and a connection not
+answered ``CLIENT_TIMEOUT`` seconds after it was accepted is closed (a
+client sending a byte now and then cannot keep its slot). Nothing waits for
+the endpoint at exit: its threads are daemon threads, which end with the
+process, so a scraper cannot delay SIGTERM. Plugin labels are the registered plugin names, so a route
 conf cannot create label series at will.
 """
 
 from __future__ import annotations
 
 import bisect
+import io
 import ipaddress
 import logging
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from . import tuning
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +39,7 @@ PREFIX = "apisix_runner"
 #: Plugin latency buckets, seconds: plugins are expected to take microseconds to milliseconds.
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 MAX_CLIENTS = 4
-CLIENT_TIMEOUT = 5.0
+CLIENT_TIMEOUT = 5.0  # seconds for a whole request and its answer
 
 
 def _labels(**labels: str) -> str:
@@ -166,20 +171,22 @@ def render(snap: Snapshot) -> str:
     return "\n".join(out) + "\n"
 
 
-class _Server(ThreadingHTTPServer):
+class Endpoint(ThreadingHTTPServer):
+    """The endpoint's server: ``bind`` makes one, ``serve`` starts it."""
+
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], family: int) -> None:
+    def __init__(self, address: tuple[str, int], family: int) -> None:
         self.address_family = family
+        self.render: Callable[[], str] = lambda: ""
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
-        super().__init__(address, handler)
+        super().__init__(address, _Handler)
 
     def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
         if not self._slots.acquire(blocking=False):
             self.shutdown_request(request)  # a scraper, not a crowd: the others get closed
             return
-        request.settimeout(CLIENT_TIMEOUT)
         super().process_request(request, client_address)
 
     def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
@@ -189,55 +196,74 @@ class _Server(ThreadingHTTPServer):
             self._slots.release()
 
 
-def check_host(host: str, port: int = 0) -> int:
-    """The address family for ``host``; ``OSError`` if it cannot be bound here."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family = infos[0][0]
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-    return family
+class _Deadline(io.RawIOBase):
+    """A connection's reads, all before one deadline (a timeout per ``recv`` would restart with each byte)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self.sock = sock
+        self.deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete request within {CLIENT_TIMEOUT:g} s")
+        self.sock.settimeout(left)  # and what is left when the answer is written
+        return self.sock.recv_into(buffer)
 
 
-def serve(metrics: Metrics | Callable[[], str], host: str, port: int) -> ThreadingHTTPServer:
-    """Start the endpoint on a daemon thread; ``shutdown()`` the returned server to stop it.
+class _Handler(BaseHTTPRequestHandler):
+    server: Endpoint
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # (the socket's own reader: left open, it would keep the socket open)
+        self.rfile = io.BufferedReader(_Deadline(self.connection, time.monotonic() + CLIENT_TIMEOUT))
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] == "/metrics":
+            body, ctype = self.server.render().encode(), "text/plain; version=0.0.4; charset=utf-8"
+        elif self.path == "/healthz":
+            body, ctype = b"ok\n", "text/plain; charset=utf-8"
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("metrics endpoint: " + format, *args)
+
+
+def bind(host: str, port: int) -> Endpoint:
+    """The endpoint, bound but not serving yet; ``ConfigError`` naming the address and why if it cannot be."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        endpoint = Endpoint((host, port), family)
+    except OSError as e:
+        raise ConfigError(f"metrics endpoint {where} cannot be bound here: {e.strerror or e}") from None
+    if not _loopback(host):
+        log.warning(
+            "metrics endpoint on %s: reachable beyond this host (http.server is not meant for untrusted networks)",
+            where,
+        )
+    return endpoint
+
+
+def serve(endpoint: Endpoint, metrics: Metrics | Callable[[], str]) -> None:
+    """Serve ``bind``'s endpoint on a daemon thread (the process's exit ends it, nothing waits for it).
 
     ``metrics`` is this process's ``Metrics``, or (a master) a function that renders the workers' sum.
     """
-    text = metrics.render if isinstance(metrics, Metrics) else metrics
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] == "/metrics":
-                body, ctype = text().encode(), "text/plain; version=0.0.4; charset=utf-8"
-            elif self.path == "/healthz":
-                body, ctype = b"ok\n", "text/plain; charset=utf-8"
-            else:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            log.debug("metrics endpoint: " + format, *args)
-
-    family = check_host(host, port)
-    if not _loopback(host):
-        log.warning(
-            "metrics endpoint on %s:%d: reachable beyond this host (http.server is not meant for untrusted networks)",
-            host,
-            port,
-        )
-    server = _Server((host, port), Handler, family)
-
-    def run() -> None:
-        tuning.block_signals()
-        server.serve_forever()
-
-    threading.Thread(target=run, name="metrics", daemon=True).start()
-    return server
+    endpoint.render = metrics.render if isinstance(metrics, Metrics) else metrics
+    threading.Thread(target=endpoint.serve_forever, name="metrics", daemon=True).start()
 
 
 def _loopback(host: str) -> bool:

@@ -27,8 +27,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from . import tuning
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -139,7 +137,6 @@ class WorkerPool(Generic[T]):
                 self._free -= 1
 
     def _run(self, worker: Worker) -> None:
-        tuning.block_signals()
         while not worker.retired:
             task = self._take()
             if task is None:

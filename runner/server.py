@@ -37,7 +37,7 @@ import socketserver
 import threading
 import time
 
-from . import sockets, tuning
+from . import sockets
 from .calls import Overrun
 from .config import Config
 from .connection import Connection, timeval
@@ -160,7 +160,6 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
     # --- the selector thread --------------------------------------------------
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
-        tuning.block_signals()
         sel = self._selector
         sel.register(self.socket, selectors.EVENT_READ, _LISTENER)
         sel.register(self._wakeup[0], selectors.EVENT_READ, _WAKEUP)

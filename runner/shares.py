@@ -29,10 +29,9 @@ class Shares:
 
     @classmethod
     def create(cls, workers: int) -> int:
-        """A new table for ``workers`` (for the master); returns its descriptor, inheritable."""
-        fd = os.memfd_create("a6-runner-shares", 0)
+        """A new table for ``workers`` (for the master); returns its descriptor (passed to each worker)."""
+        fd = os.memfd_create("a6-runner-shares", os.MFD_CLOEXEC)
         os.ftruncate(fd, workers * _COUNT.size)
-        os.set_inheritable(fd, True)
         return fd
 
     def publish(self, connections: int) -> None:

@@ -9,11 +9,6 @@
   APISIX connection is a descriptor, and systemd's default soft limit (1024)
   would cap them far below the hard limit the host allows. The runner waits
   with epoll, never ``select``, so high descriptor numbers are safe.
-* Signals go to the main thread: every thread the runner starts blocks the
-  signals the main thread handles (``block_signals``), and so do the threads
-  plugins start from them. Otherwise the kernel may deliver SIGTERM to a
-  thread busy in a plugin, and the main thread would only notice at its next
-  tick.
 * Memory goes back: glibc keeps freed heap memory (big bodies are freed in
   the heap, not unmapped, once its dynamic mmap threshold has grown), so
   after large bodies ``release_memory`` asks it to return what is free
@@ -27,7 +22,6 @@ import ctypes
 import logging
 import os
 import resource
-import signal
 from collections.abc import Callable
 
 from .errors import ConfigError
@@ -62,14 +56,6 @@ def pin_cpu(setting: int | str | None, worker: int | None = None) -> None:
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
         log.info("pinned to CPU %d", cpu)
-
-
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-def block_signals() -> None:
-    """Keep the main thread's signals off the calling thread (and the threads it starts)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
 
 
 def raise_fd_limit() -> int:

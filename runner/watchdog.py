@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Generic, Protocol, TypeVar, cast
 
-from . import logs, tuning
+from . import logs
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,6 @@ class Watchdog(Generic[B]):
         self._stop.set()
 
     def _run(self) -> None:
-        tuning.block_signals()
         while not self._stop.wait(self.tick):
             try:
                 self.check(time.monotonic())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -274,44 +275,47 @@ def test_socket_activation_serves_the_inherited_socket_and_leaves_it(short_dir: 
 # --- orphans -------------------------------------------------------------------------
 
 
-def test_runner_exits_when_the_process_that_spawned_it_dies(short_dir: Path) -> None:
-    # An "APISIX" that spawns the runner with a stdin pipe (as ngx.pipe does), prints its pid, then waits.
-    spawner = textwrap.dedent(
-        f"""
-        import os, subprocess, sys, time
-        p = subprocess.Popen([sys.executable, "-m", "runner", "run", "--socket", "{short_dir}/o.sock",
-                              "--plugins", "{SUITE_PLUGINS}"], stdin=subprocess.PIPE,
-                             env=dict(os.environ, APISIX_CONF_EXPIRE_TIME="3600"),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        print(p.pid, flush=True)
-        time.sleep(60)
-        """
-    )
-    parent = subprocess.Popen([sys.executable, "-c", spawner], stdout=subprocess.PIPE, text=True)
-    assert parent.stdout is not None
-    with parent.stdout:
-        runner_pid = int(parent.stdout.readline())
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, reparented and not reaped yet, does not)."""
     try:
-        wait_for(lambda: os.path.exists(f"{short_dir}/o.sock"), "the runner to listen")
-        parent.kill()
-        parent.wait()
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
-        def gone() -> bool:
-            try:
-                os.kill(runner_pid, 0)
-            except ProcessLookupError:
-                return True
-            # A zombie (reparented to us or init and not reaped yet) counts as gone.
-            with open(f"/proc/{runner_pid}/stat") as f:
-                return f.read().split(")")[1].split()[0] == "Z"
 
-        wait_for(gone, "the orphaned runner to exit")
-        assert not os.path.exists(f"{short_dir}/o.sock")
+@pytest.mark.parametrize("parent", ["nginx", "sh"])
+def test_exit_with_parent_auto_follows_only_an_nginx_parent(short_dir: Path, parent: str) -> None:
+    # APISIX's nginx spawns the runner with a stdin pipe (ngx.pipe) and APISIX's variables. The
+    # same from a shell (or a container runtime) must not tie the runner to its parent.
+    shell = short_dir / parent
+    shutil.copy("/bin/sh", shell)  # /proc/PID/comm is the executable's name
+    sock, log = short_dir / "o.sock", short_dir / "log"
+    run = f"{sys.executable} -m runner run --socket {sock} --plugins {SUITE_PLUGINS} --log-level debug 2>{log}; true"
+    env = dict(os.environ, APISIX_CONF_EXPIRE_TIME="3600")
+    spawner = subprocess.Popen([str(shell), "-c", run], stdin=subprocess.PIPE, env=env)
+    wait_for(lambda: sock.exists(), "the runner to listen")
+    with open(f"/proc/{spawner.pid}/task/{spawner.pid}/children") as f:
+        (runner_pid,) = (int(x) for x in f.read().split())
+    try:
+        assert f"exit_with_parent = auto: {'exiting with' if parent == 'nginx' else 'not watching'} parent" in (
+            log.read_text()
+        )
+        spawner.kill()
+        spawner.wait()
+        assert spawner.stdin is not None
+        spawner.stdin.close()  # the pipe's last writer: the runner's stdin reads EOF
+        if parent == "nginx":
+            wait_for(lambda: not _alive(runner_pid), "the orphaned runner to exit")
+            assert not sock.exists()
+        else:
+            time.sleep(2.5)  # past the runner's next ticks: a wrong watcher would have fired
+            assert _alive(runner_pid)
+            with ApisixClient(str(sock)) as c:
+                assert c.http_req_call(c.prepare_conf(None)).action == "none"
     finally:
-        try:
+        if _alive(runner_pid):
             os.kill(runner_pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def test_exit_with_parent_yes_keeps_running_while_the_parent_lives() -> None:

@@ -175,3 +175,46 @@ def test_the_drain_lets_a_call_finish_its_extra_info_exchange(plugins: Path) -> 
         type_, payload = c.read_frame()  # answered, not cut off by the drain
         assert type_ == 2 and decode_req_call_reply(payload).headers == [("X-Addr", "10.0.0.1")]
         assert proc.wait(5) == 0
+
+
+CHILD = textwrap.dedent(
+    """
+    import subprocess
+    from runner import Plugin
+
+    class Child(Plugin):
+        name = "child"
+
+        {kind}def filter(self, request, response):
+            request.headers["X-Child"] = str(subprocess.Popen(["sleep", "300"]).pid)
+    """
+)
+
+
+def _signal_mask(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith(field + ":")).split()[1], 16)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("kind", ["", "async "], ids=["sync", "async"])
+def test_a_process_a_plugin_starts_gets_sigterm_and_sigterm_still_drains(
+    plugins: Path, kind: str, workers: str
+) -> None:
+    (plugins / "child.py").write_text(CHILD.format(kind=kind))
+    children = []
+    try:
+        with RunnerProcess(plugins, args=["--workers", workers]) as proc:
+            with proc.client() as c:
+                token = c.prepare_conf([("child", "")])
+                for _ in range(3):
+                    children.append(int(dict(_version(c, token))["X-Child"]))
+            for child in children:
+                for field in ("SigBlk", "SigIgn"):
+                    mask = _signal_mask(child, field)
+                    assert [s for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT) if mask >> (s - 1) & 1] == []
+            assert proc.stop(signal.SIGTERM, timeout=5) == 0
+            assert not os.path.exists(proc.socket_path)
+    finally:
+        for child in children:
+            os.kill(child, signal.SIGKILL)

@@ -235,3 +235,81 @@ def test_json_log_lines_of_a_worker_carry_its_index() -> None:
     entries = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     error = next(e for e in entries if "raised RuntimeError" in e["msg"])
     assert error["worker"] in (0, 1)
+
+
+def test_a_worker_started_again_serves_its_siblings_plugins_whatever_the_disk_holds(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "version.py").write_text(VERSION.format(version="1"))
+    with RunnerProcess(plugins, args=["--workers", "2"]) as proc:
+        (plugins / "version.py").write_text(VERSION.format(version="2"))
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "in 2 worker(s)" in proc.log, "the reload")
+        (plugins / "version.py").write_text(VERSION.format(version="3"))  # on disk, never reloaded
+        (plugins / "broken.py").write_text("raise SystemExit(3)\n")
+        assert proc.proc is not None
+        os.kill(_children(proc.proc.pid)[0], signal.SIGKILL)
+        wait_for(lambda: "is serving again" in proc.log, "the respawn")
+        clients = [proc.client() for _ in range(24)]
+        try:
+            seen = {}
+            for c in clients:
+                token = c.prepare_conf([("version", "")], key="route#1#ext-plugin-pre-req#1")
+                headers = dict(c.http_req_call(token).headers)
+                seen.setdefault(headers["X-Pid"], set()).add(headers["X-Version"])
+            assert len(seen) == 2 and all(versions == {"2"} for versions in seen.values()), seen
+        finally:
+            for c in clients:
+                c.close()
+
+
+SPAWNER = textwrap.dedent(
+    """
+    import os, subprocess, time
+    from runner import Plugin
+
+    class Spawner(Plugin):
+        name = "spawner"
+
+        def filter(self, request, response):
+            if {fork!r}:
+                child = os.fork()
+                if child == 0:  # a child that keeps every descriptor of the worker, and never execs
+                    time.sleep(300)
+                    os._exit(0)
+            else:
+                # close_fds=False (or os.system, os.posix_spawn): the child keeps what is inheritable
+                child = subprocess.Popen(["sleep", "300"], close_fds=False, start_new_session=True).pid
+            request.headers["X-Child"] = str(child)
+            request.headers["X-Pid"] = str(os.getpid())
+    """
+)
+
+
+@pytest.mark.parametrize("fork", [False, True], ids=["popen", "fork"])
+def test_a_worker_whose_plugin_left_a_child_running_is_started_again_when_killed(tmp_path: Path, fork: bool) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "spawner.py").write_text(SPAWNER.format(fork=fork))
+    children = []
+    with RunnerProcess(plugins, args=["--workers", "2"]) as proc:
+        try:
+            with proc.client() as c:
+                token = c.prepare_conf([("spawner", "")])
+                headers = dict(c.http_req_call(token).headers)
+            children.append(int(headers["X-Child"]))
+            if not fork:  # an exec'd child inherits none of the worker's sockets
+                fds = os.listdir(f"/proc/{children[0]}/fd")
+                assert not [fd for fd in fds if os.readlink(f"/proc/{children[0]}/fd/{fd}").startswith("socket:")]
+            victim = int(headers["X-Pid"])
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: "is serving again" in proc.log, "the respawn")
+            by_worker = _spread(proc, token)
+            for clients in by_worker.values():
+                for c in clients:
+                    children.append(int(dict(c.http_req_call(token).headers)["X-Child"]))
+                    c.close()
+            assert len(by_worker) == 2 and victim not in by_worker
+        finally:
+            for child in children:
+                os.kill(child, signal.SIGKILL)
