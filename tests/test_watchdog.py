@@ -13,6 +13,8 @@ from helpers import RUNNER_THREADS, SUITE_PLUGINS, act, fd_count, thread_count, 
 from runner.errors import ErrCode
 from runner.testing import RunnerProcess, prepare_conf_req, req_call_req
 
+_IP = b"\x7f\0\0\1"
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -55,10 +57,12 @@ def test_a_plugin_with_too_many_stuck_calls_fails_fast() -> None:
         assert proc.proc is not None
         with proc.client() as c:
             token = c.prepare_conf(act(hang=True))
+        threads = thread_count(proc.proc.pid) + 2  # each stuck call keeps its thread; the pool starts another
         for _ in range(2):
             with proc.client() as c:
                 assert c.http_req_call(token).err == ErrCode.SERVICE_UNAVAILABLE
-        threads = thread_count(proc.proc.pid)
+        # The 503 goes out before the watchdog starts the replacement thread: count once both are there.
+        wait_for(lambda: thread_count(proc.proc.pid) == threads, "the replacement threads")
         with proc.client() as c:
             for _ in range(5):  # answered at once, without starting the plugin again
                 assert c.http_req_call(token).err == ErrCode.SERVICE_UNAVAILABLE
@@ -174,9 +178,6 @@ def test_a_configure_that_hangs_is_named_then_fails_fast(tmp_path: Path) -> None
                 assert c.read_frame()[0] == 0
         assert thread_count(proc.proc.pid) == threads
         assert "plugin 'jwks' has 1 calls stuck past call_timeout" in proc.log
-
-
-_IP = b"\x7f\0\0\1"
 
 
 def _metrics(port: int) -> list[str]:

@@ -5,7 +5,8 @@
 * ``kit``: ``run_filter`` and ``run_response_filter``, without APISIX or a socket.
 * ``process``: ``RunnerProcess``, ``python -m runner run`` for a test.
 
-Both halves take the same vocabulary and give the same reply objects.
+Both halves return the same reply objects (``ReqCallReply``, ``RespCallReply``), read
+as APISIX reads them.
 """
 
 from .client import ApisixClient

@@ -15,10 +15,7 @@ from A6.PrepareConf.Resp import Resp as PrepareConfResp
 
 from .. import frame
 from ..frame import HEADER_LEN
-from ..protocol import (
-    InfoKind,
-    MessageType,
-)
+from ..protocol import InfoKind, MessageType
 from .wire import (
     Pairs,
     ProtocolViolation,

@@ -17,18 +17,9 @@ from .. import aio, decode, frame
 from ..cache import ConfCache
 from ..dispatch import Dispatcher
 from ..errors import RunnerError
-from ..phases import (
-    Prepared,
-    run_request_phase,
-    run_request_phase_async,
-    run_response_phase,
-    run_response_phase_async,
-)
+from ..phases import Prepared, run_request_phase, run_request_phase_async, run_response_phase, run_response_phase_async
 from ..plugins import Plugin, PluginRegistry, plugin_name
-from ..protocol import (
-    InfoKind,
-    MessageType,
-)
+from ..protocol import InfoKind, MessageType
 from .wire import (
     ReqCallReply,
     RespCallReply,
