@@ -13,8 +13,8 @@ import pytest
 from helpers import RUNNER_THREADS, SUITE_PLUGINS, act, run_in_threads, thread_count, wait_for
 
 from runner import Plugin
-from runner.errors import ErrCode, PluginError
-from runner.testing import RunnerProcess, run_filter, run_response_filter
+from runner.errors import ErrCode
+from runner.testing import CallFailed, RunnerProcess, run_filter, run_response_filter
 
 
 def awaiting(**conf: object) -> list[tuple[str, str]]:
@@ -82,9 +82,9 @@ def test_the_blocking_forms_are_refused_on_the_event_loop() -> None:
         async def filter(self, request: Any, response: Any) -> None:
             request.var("host")
 
-    with pytest.raises(PluginError) as info:
-        run_filter(Blocks, vars={"host": "h"})
-    assert "await request.fetch_var(name)" in str(info.value.__cause__)
+    reply = run_filter(Blocks, vars={"host": "h"})
+    assert reply.err == ErrCode.SERVICE_UNAVAILABLE
+    assert "await request.fetch_var(name)" in str(reply.cause)
 
 
 def test_an_exception_in_an_async_plugin_is_a_plugin_error() -> None:
@@ -92,8 +92,8 @@ def test_an_exception_in_an_async_plugin_is_a_plugin_error() -> None:
         async def filter(self, request: Any, response: Any) -> None:
             raise KeyError("x")
 
-    with pytest.raises(PluginError, match="raised KeyError in filter"):
-        run_filter(Raises)
+    with pytest.raises(CallFailed, match="raised KeyError in filter"):
+        run_filter(Raises).raise_for_err()
 
 
 def test_an_async_configure_may_refuse_its_conf() -> None:

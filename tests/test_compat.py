@@ -19,7 +19,7 @@ from compat_helpers import LEGACY_PLUGINS, call, legacy_module, runner_process, 
 
 from runner.errors import ErrCode, PluginLoadError
 from runner.loader import load_plugins
-from runner.testing import RunnerProcess
+from runner.testing import ConfRejected, RunnerProcess
 
 # --- import paths --------------------------------------------------------------------------
 
@@ -236,7 +236,7 @@ def probes() -> Iterator[RunnerProcess]:
 
 def test_020_config_gets_the_raw_conf_on_a_new_instance_for_every_request(probes: RunnerProcess) -> None:
     with probes.client() as client:
-        token = client.prepare_conf([("config_probe", "not JSON {")])
+        token = client.prepare_conf([("config_probe", "not JSON {")], check=False)
         first, second = (dict(client.http_req_call(token).headers) for _ in range(2))
     assert (first["X-Conf"], first["X-Fresh"], second["X-Conf"], second["X-Fresh"]) == (
         "not JSON {", "True", "not JSON {", "True"
@@ -258,11 +258,15 @@ def test_010_config_is_the_json_object_or_else_empty(probes: RunnerProcess, valu
     assert out.stopped and json.loads(out.body or b"") == config
 
 
-def test_010_conf_that_is_not_json_fails_every_call_closed_with_one_log_line(probes: RunnerProcess) -> None:
+def test_010_conf_that_is_not_json_fails_every_call_closed_with_the_reason(probes: RunnerProcess) -> None:
     # (The official runner sent no reply to such a PrepareConf at all.)
-    out = call(probes, [("dict_config", "stop-config")])
-    assert out.err == ErrCode.SERVICE_UNAVAILABLE
-    assert "plugin 'dict_config' rejected its conf: ValueError: not JSON" in probes.log
+    reason = "plugin 'dict_config' rejected its conf: ValueError: not JSON"
+    with probes.client() as client:
+        with pytest.raises(ConfRejected, match=reason):
+            client.prepare_conf([("dict_config", "stop-config")], key="route#nj1#ext-plugin-pre-req#1")
+        token = client.prepare_conf([("dict_config", "stop-config")], key="route#nj2#ext-plugin-pre-req#1", check=False)
+        out = client.http_req_call(token)
+    assert out.err == ErrCode.SERVICE_UNAVAILABLE and out.reason is not None and reason in out.reason
 
 
 def test_010_stop_applies_to_its_own_call_only(probes: RunnerProcess) -> None:

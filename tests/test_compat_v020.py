@@ -14,8 +14,7 @@ import pytest
 from compat_helpers import REFERENCE_REQUEST, legacy_module
 
 from runner import Plugin, compat
-from runner.errors import PluginError
-from runner.testing import run_filter
+from runner.testing import CallFailed, run_filter
 
 PluginBase = legacy_module("apisix.runner.plugin.core").PluginBase
 
@@ -178,8 +177,8 @@ def test_a_body_of_bytes_or_text_is_sent_as_given(body: bytes | str) -> None:
 
 
 def test_a_body_that_is_neither_text_nor_bytes_fails_the_call_closed() -> None:
-    with pytest.raises(PluginError, match="the response body must be str or bytes, not int"):
-        run_filter(plugin(lambda conf, request, response: response.set_body(123)))
+    with pytest.raises(CallFailed, match="the response body must be str or bytes, not int"):
+        run_filter(plugin(lambda conf, request, response: response.set_body(123))).raise_for_err()
 
 
 def test_header_values_that_are_not_strings_are_sent_as_text() -> None:

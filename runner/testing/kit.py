@@ -2,16 +2,16 @@
 
 The call goes through the runner's real decoder, dispatcher, plugins and
 encoder, and the reply is read as APISIX reads it (``wire``), so a test here
-and the same call over the socket (``client``) give the same reply object.
+and the same call over the socket (``client``) give the same reply object,
+failures included: an Err reply with the runner's reason. Inputs follow
+``vocab``.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from .. import aio, decode, frame
 from ..cache import ConfCache
@@ -20,7 +20,9 @@ from ..errors import RunnerError
 from ..phases import Prepared, run_request_phase, run_request_phase_async, run_response_phase, run_response_phase_async
 from ..plugins import Plugin, PluginRegistry, plugin_name
 from ..protocol import InfoKind, MessageType
+from .vocab import PairsInput, conf_text, ip_bytes, pairs
 from .wire import (
+    ConfRejected,
     ReqCallReply,
     RespCallReply,
     answer_extra_info,
@@ -30,15 +32,9 @@ from .wire import (
     resp_call_req,
 )
 
-
-class ConfRejected(RunnerError):
-    """The route conf could not be prepared (unknown plugin, ``configure`` raised...):
-    under APISIX every call on it would get a 503."""
-
-
 PluginSpec = type[Plugin] | tuple[type[Plugin], Any]
 Plugins = PluginSpec | Sequence[PluginSpec]
-HeaderInput = Mapping[str, str] | Sequence[tuple[str, str | None]]
+Reply = TypeVar("Reply", ReqCallReply, RespCallReply)
 
 
 def _prepare(plugins: Plugins, conf: Any) -> Prepared:
@@ -49,7 +45,7 @@ def _prepare(plugins: Plugins, conf: Any) -> Prepared:
         cls, value = spec if isinstance(spec, tuple) else (spec, None)
         if registry.get(plugin_name(cls)) is None:
             registry.register(cls)
-        entries.append((plugin_name(cls), "" if value is None else json.dumps(value)))
+        entries.append((plugin_name(cls), conf_text(value)))
     prepared = Dispatcher(registry, ConfCache[Prepared](3600)).prepare(entries)
     if prepared.error:
         raise ConfRejected(prepared.error)
@@ -59,13 +55,14 @@ def _prepare(plugins: Plugins, conf: Any) -> Prepared:
 class _KitCall:
     """The call the in-process kit runs: ExtraInfo questions are answered as APISIX would."""
 
-    def __init__(self, vars: Mapping[str, str], bodies: dict[int, bytes | None], asked: list[tuple[str, str]]) -> None:
+    def __init__(self, vars: Mapping[str, str] | None, bodies: dict[int, bytes | None]) -> None:
         self.plugin: str | None = None
         self.request_id = 0
         self.conf_token = 0
         self.deadline = time.monotonic() + 60.0  # as APISIX's default timeout
         self.given_up = False
-        self._answer = (vars, bodies, asked)
+        self.asked: list[tuple[str, str]] = []
+        self._answer = (vars or {}, bodies, self.asked)
 
     def ask(self, question: bytes) -> bytes:
         return answer_extra_info(question, *self._answer)
@@ -74,9 +71,18 @@ class _KitCall:
         return self.ask(question)
 
 
-def _pairs(items: HeaderInput, lower: bool = False) -> list[tuple[str, str | None]]:
-    pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
-    return [(n.lower() if lower else n, v) for n, v in pairs]
+def _reply(
+    type_: MessageType, phase: Callable[[], bytes], call: _KitCall, read: Callable[[bytes], Reply], failed: type[Reply]
+) -> Reply:
+    """The phase's reply as APISIX reads it; a runner error is the Err reply the socket would carry."""
+    try:
+        out = phase()
+        frame.encode(type_, out)  # raises if APISIX could not receive it
+        reply = read(out)
+    except RunnerError as e:
+        reply = failed(err=e.code, reason=str(e), cause=e.__cause__ or e)
+    reply.asked = call.asked
+    return reply
 
 
 def run_filter(
@@ -85,21 +91,20 @@ def run_filter(
     conf: Any = None,
     method: str = "GET",
     path: str = "/",
-    headers: HeaderInput = (),
-    args: HeaderInput = (),
+    headers: PairsInput = (),
+    args: PairsInput = (),
     body: bytes | None = None,
     vars: Mapping[str, str] | None = None,
-    src_ip: str = "127.0.0.1",
+    src_ip: str | bytes = "127.0.0.1",
     id: int = 1,
 ) -> ReqCallReply:
     """Run the request phase as APISIX's ``ext-plugin-pre-req`` would, without APISIX.
 
-    ``plugins`` is one plugin class (its route conf is ``conf``, any JSON-able
-    value) or a chain ``[(PluginClass, conf), ...]``. The request goes through
-    the runner's real decoder, plugins and encoder; ExtraInfo questions are
-    answered from ``vars`` and ``body`` (a var not given is absent). Returns the
-    reply as APISIX reads it. A plugin that raises raises ``PluginError`` here
-    (its cause is the plugin's exception; APISIX would answer 503), and a conf
+    ``plugins`` is one plugin class (its route conf is ``conf``) or a chain
+    ``[(PluginClass, conf), ...]``. ExtraInfo questions are answered from
+    ``vars`` and ``body`` (a var not given is absent). A plugin that raises
+    gives ``err=ErrCode.SERVICE_UNAVAILABLE`` and the runner's ``reason``
+    (``raise_for_err()`` raises it, caused by the plugin's exception); a conf
     the plugins reject raises ``ConfRejected``.
     """
     prepared = _prepare(plugins, conf)
@@ -108,22 +113,18 @@ def run_filter(
         token=1,
         method=method.upper(),
         path=path,
-        args=_pairs(args),
-        headers=_pairs(headers, lower=True),  # nginx lower-cases request header names
-        src_ip=ipaddress.ip_address(src_ip).packed,
+        args=pairs(args),
+        headers=pairs(headers, lower=True),
+        src_ip=ip_bytes(src_ip),
     )
-    asked: list[tuple[str, str]] = []
-    bodies: dict[int, bytes | None] = {InfoKind.REQ_BODY: body}
+    req, call = decode.req_call(payload), _KitCall(vars, {InfoKind.REQ_BODY: body})
 
-    req, call = decode.req_call(payload), _KitCall(vars or {}, bodies, asked)
-    if prepared.async_request:
-        out = aio.run(run_request_phase_async(prepared, req, call))
-    else:
-        out = run_request_phase(prepared, req, call)
-    frame.encode(MessageType.HTTP_REQ_CALL, out)  # raises if APISIX could not receive it
-    reply = decode_req_call_reply(out)
-    reply.asked = asked
-    return reply
+    def phase() -> bytes:
+        if prepared.async_request:
+            return aio.run(run_request_phase_async(prepared, req, call))
+        return run_request_phase(prepared, req, call)
+
+    return _reply(MessageType.HTTP_REQ_CALL, phase, call, decode_req_call_reply, ReqCallReply)
 
 
 def run_response_filter(
@@ -131,7 +132,7 @@ def run_response_filter(
     *,
     conf: Any = None,
     status: int = 200,
-    headers: HeaderInput = (),
+    headers: PairsInput = (),
     body: bytes | None = None,
     vars: Mapping[str, str] | None = None,
     request_body: bytes | None = None,
@@ -141,19 +142,17 @@ def run_response_filter(
 
     ``status``, ``headers`` and ``body`` are the upstream's. The reply's
     ``headers`` are what the client will see, ``status`` is 0 when unchanged and
-    ``body`` is ``None`` when the upstream body passes through.
+    ``body`` is ``None`` when the upstream body passes through. Failures as in
+    ``run_filter``.
     """
     prepared = _prepare(plugins, conf)
-    payload = resp_call_req(id=id, token=1, status=status, headers=_pairs(headers))
-    asked: list[tuple[str, str]] = []
+    payload = resp_call_req(id=id, token=1, status=status, headers=pairs(headers))
     bodies: dict[int, bytes | None] = {InfoKind.REQ_BODY: request_body, InfoKind.RESP_BODY: body}
+    resp, call = decode.resp_call(payload), _KitCall(vars, bodies)
 
-    resp, call = decode.resp_call(payload), _KitCall(vars or {}, bodies, asked)
-    if prepared.async_response:
-        out = aio.run(run_response_phase_async(prepared, resp, call))
-    else:
-        out = run_response_phase(prepared, resp, call)
-    frame.encode(MessageType.HTTP_RESP_CALL, out)
-    reply = decode_resp_call_reply(out)
-    reply.asked = asked
-    return reply
+    def phase() -> bytes:
+        if prepared.async_response:
+            return aio.run(run_response_phase_async(prepared, resp, call))
+        return run_response_phase(prepared, resp, call)
+
+    return _reply(MessageType.HTTP_RESP_CALL, phase, call, decode_resp_call_reply, RespCallReply)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from .client import ApisixClient
+from .reasons import LogTail
 
 
 class RunnerProcess:
@@ -87,7 +88,8 @@ class RunnerProcess:
             return False
 
     def client(self, timeout: float = 30.0) -> ApisixClient:
-        return ApisixClient(self.socket_path, timeout)
+        """A new APISIX connection that reads the runner's reasons from ``log`` (see ``reasons``)."""
+        return ApisixClient(self.socket_path, timeout, LogTail(self.log_path))
 
     @property
     def log(self) -> str:

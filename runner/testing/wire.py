@@ -25,6 +25,7 @@ from ..frame import MAX_PAYLOAD
 from ..protocol import (
     METHODS,
     Action,
+    ErrCode,
     ExtraInfoResp,
     HTTPReqCallReq,
     HTTPRespCallReq,
@@ -165,12 +166,44 @@ def _u(tab: Table, slot: int, flags: type) -> int:
     return int(tab.Get(flags, o + tab.Pos)) if o else 0
 
 
+class CallFailed(AssertionError):
+    """The runner answered a call with an Err frame: ``code`` (``ErrCode``) and ``reason``.
+
+    Raised by ``raise_for_err()``. In-process, its ``__cause__`` is what the
+    plugin raised.
+    """
+
+    def __init__(self, code: ErrCode, reason: str | None) -> None:
+        super().__init__(f"{code.name}: {reason or 'the runner logged no reason'}")
+        self.code, self.reason = code, reason
+
+
+class ConfRejected(AssertionError):
+    """The route conf cannot serve calls (unknown plugin, ``configure`` raised...): under
+    APISIX every call on it gets a 503. ``reason`` is the runner's."""
+
+    def __init__(self, reason: str, code: ErrCode = ErrCode.SERVICE_UNAVAILABLE) -> None:
+        super().__init__(reason)
+        self.reason, self.code = reason, code
+
+
 @dataclass
-class ReqCallReply:
+class _Outcome:
+    err: ErrCode | None = None  # set when the runner replied with an Err frame
+    reason: str | None = None  # why, in the runner's words (in-process, or a RunnerProcess client)
+    id: int = 0
+    cause: BaseException | None = field(default=None, repr=False, compare=False)  # in-process only
+
+    def raise_for_err(self) -> None:
+        """Raise ``CallFailed`` if the runner answered with an Err frame."""
+        if self.err is not None:
+            raise CallFailed(self.err, self.reason) from self.cause
+
+
+@dataclass
+class ReqCallReply(_Outcome):
     """What the runner answered to an HTTPReqCall, as APISIX would read it."""
 
-    err: int | None = None  # A6.Err.Code when the runner replied with an Err frame
-    id: int = 0
     action: str = "none"  # "none", "stop" or "rewrite"
     status: int = 0  # Stop
     headers: list[tuple[str, str | None]] = field(default_factory=list)  # Stop / Rewrite headers
@@ -192,21 +225,22 @@ class ReqCallReply:
 
 
 @dataclass
-class RespCallReply:
+class RespCallReply(_Outcome):
     """What the runner answered to an HTTPRespCall."""
 
-    err: int | None = None
-    id: int = 0
     status: int = 0
     headers: list[tuple[str, str | None]] = field(default_factory=list)
     body: bytes | None = None
     asked: list[tuple[str, str]] = field(default_factory=list)
 
 
-def err_code(payload: bytes) -> int:
+def err_code(payload: bytes) -> ErrCode:
     if not payload:
         raise ProtocolViolation("zero-length Err payload (APISIX answers 500)")
-    return int(ErrResp.GetRootAs(payload, 0).Code())
+    code = ErrResp.GetRootAs(payload, 0).Code()
+    if code not in ErrCode._value2member_map_:
+        raise ProtocolViolation(f"unknown Err code {code}")
+    return ErrCode(code)
 
 
 def decode_req_call_reply(payload: bytes) -> ReqCallReply:
