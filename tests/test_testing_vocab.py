@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from helpers import SUITE_PLUGINS
 
 from runner.loader import load_plugins
-from runner.testing import ApisixClient, RunnerProcess, run_filter, run_response_filter
+from runner.testing import ApisixClient, run_filter, run_response_filter
 from runner.testing.vocab import conf_pairs, ip_bytes, pairs
 
 ECHO = load_plugins(SUITE_PLUGINS).get("echo")
@@ -40,15 +39,8 @@ SEEN = {
 
 
 @pytest.fixture(scope="module")
-def runner() -> Iterator[RunnerProcess]:
-    with RunnerProcess(SUITE_PLUGINS) as proc:
-        yield proc
-
-
-@pytest.fixture
-def client(runner: RunnerProcess) -> Iterator[ApisixClient]:
-    with runner.client() as c:
-        yield c
+def apisix_runner_plugins() -> str:
+    return str(SUITE_PLUGINS)
 
 
 def test_conf_text_is_sent_as_is_and_other_values_as_json() -> None:
@@ -78,18 +70,18 @@ def test_the_in_process_kit_takes_both_forms(given: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("given", [AS_VALUES, AS_WIRE], ids=["values", "wire"])
-def test_the_socket_client_takes_both_forms(client: ApisixClient, given: dict[str, Any]) -> None:
-    token = client.prepare_conf({"echo": given["conf"]}, key=f"route#{id(given)}#ext-plugin-pre-req#1")
-    reply = client.http_req_call(token, path="/p", headers=given["headers"], args=given["args"], src_ip=given["src_ip"])
+def test_the_socket_client_takes_both_forms(apisix: ApisixClient, given: dict[str, Any]) -> None:
+    token = apisix.prepare_conf({"echo": given["conf"]}, key=f"route#{id(given)}#ext-plugin-pre-req#1")
+    reply = apisix.http_req_call(token, path="/p", headers=given["headers"], args=given["args"], src_ip=given["src_ip"])
     assert json.loads(reply.body or b"") == SEEN
 
 
-def test_both_halves_give_the_same_reply_for_the_same_call(client: ApisixClient) -> None:
-    token = client.prepare_conf([("echo", AS_WIRE["conf"])], key="route#same#ext-plugin-pre-req#1")
+def test_both_halves_give_the_same_reply_for_the_same_call(apisix: ApisixClient) -> None:
+    token = apisix.prepare_conf([("echo", AS_WIRE["conf"])], key="route#same#ext-plugin-pre-req#1")
     call = {k: AS_VALUES[k] for k in ("headers", "args", "src_ip")}
-    assert client.http_req_call(token, path="/p", id=7, **call) == run_filter(ECHO, conf=CONF, path="/p", id=7, **call)
+    assert apisix.http_req_call(token, path="/p", id=7, **call) == run_filter(ECHO, conf=CONF, path="/p", id=7, **call)
     upstream = {"Content-Type": "text/plain", "Set-Cookie": ["a=1", "b=2"]}
-    resp_token = client.prepare_conf({"echo": None}, key="route#same#ext-plugin-post-resp#1")
-    over_socket = client.http_resp_call(resp_token, id=8, headers=upstream)
+    resp_token = apisix.prepare_conf({"echo": None}, key="route#same#ext-plugin-post-resp#1")
+    over_socket = apisix.http_resp_call(resp_token, id=8, headers=upstream)
     assert over_socket == run_response_filter(ECHO, id=8, headers=upstream)
     assert over_socket.headers[-1][0] == "X-Seen"
