@@ -87,7 +87,7 @@ def test_the_blocking_forms_are_refused_on_the_event_loop() -> None:
     assert "await request.fetch_var(name)" in str(reply.cause)
 
 
-def test_an_exception_in_an_async_plugin_is_a_plugin_error() -> None:
+def test_an_exception_in_an_async_plugin_is_a_503_with_the_reason() -> None:
     class Raises(Plugin):
         async def filter(self, request: Any, response: Any) -> None:
             raise KeyError("x")
