@@ -158,9 +158,10 @@ out=$(cm_check "") && rc=0 || rc=$?
 check "... mounted read-write it passes too: its owners and modes are safe by themselves (rc=$rc)" test "$rc" = 0
 chmod 0664 "$cm/$stamp"/*.py  # defaultMode: 0664
 out=$(cm_check :ro) && rc=0 || rc=$?
-check "files 0664 (defaultMode: 0664) mounted read-only: check passes, the mount cannot be written (rc=$rc)" test "$rc" = 0
+check "files 0664 (defaultMode: 0664) mounted read-only are refused: group-writable, read-only or not (rc=$rc)" \
+    test "$rc" = 1 -a -n "$(contains "$out" "mode 0664" "writable by its group" && echo named)"
 out=$(cm_check "") && rc=0 || rc=$?
-check "... the same files mounted read-write are refused: group-writable (rc=$rc)" \
+check "... and mounted read-write (rc=$rc)" \
     test "$rc" = 1 -a -n "$(contains "$out" "mode 0664" "writable by its group" && echo named)"
 note "check said: $(echo "$out" | grep -m1 error | cut -c1-170)"
 
