@@ -24,7 +24,9 @@ Rules:
   runner of an APISIX reload must not delete the new one's socket).
 * Peer credentials: with ``allowed_uids``/``allowed_gids`` set, a connection
   is kept only if the peer's uid is listed or one of its groups is
-  (``SO_PEERCRED``, plus ``SO_PEERGROUPS`` where the kernel has it).
+  (``SO_PEERCRED``, plus ``SO_PEERGROUPS`` where the kernel has it). Root and
+  the runner's own uid are always admitted then: root could bypass any check
+  anyway, and the runner's own ``health`` probe runs as its user.
 """
 
 from __future__ import annotations
@@ -213,15 +215,12 @@ def unlink_if_ours(path: str, inode: tuple[int, int]) -> None:
 
 
 class PeerCheck:
-    """Which peers may connect: everyone, or the listed uids and groups."""
+    """Which peers may connect: everyone, or the listed uids and groups (and root and us)."""
 
     def __init__(self, uids: tuple[int, ...] = (), gids: tuple[int, ...] = ()) -> None:
-        self.uids = frozenset(uids)
+        self.active = bool(uids or gids)
+        self.uids = frozenset(uids) | {0, os.geteuid()}
         self.gids = frozenset(gids)
-
-    @property
-    def active(self) -> bool:
-        return bool(self.uids or self.gids)
 
     def refusal(self, conn: socket.socket) -> str | None:
         """``None`` if the peer may stay, else why not (for the log)."""
@@ -235,7 +234,9 @@ class PeerCheck:
             return None
         if self.gids and self.gids & _peer_groups(conn):
             return None
-        return f"peer pid {pid} uid {uid} gid {gid} is not in allowed_uids/allowed_gids"
+        return (
+            f"peer pid {pid} uid {uid} gid {gid} is not in allowed_uids/allowed_gids (nor root, nor the runner's uid)"
+        )
 
 
 def _peer_groups(conn: socket.socket) -> frozenset[int]:
