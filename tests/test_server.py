@@ -377,7 +377,7 @@ def test_a_peer_not_in_allowed_uids_is_refused_and_logged_once(short_dir: Path) 
 
 
 def test_root_and_the_runners_own_uid_get_in_whatever_allowed_uids_lists() -> None:
-    # The runner's own `health` and `reload` run as its user; root could get in anyway.
+    # The runner's own `health` probe runs as its user; root could get in anyway.
     with RunnerProcess(SUITE_PLUGINS, args=["--allowed-uids", "12345"]) as proc, proc.client() as c:
         assert os.geteuid() in (0, os.getuid())
         assert c.http_req_call(c.prepare_conf(None)).action == "none"
