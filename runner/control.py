@@ -13,7 +13,8 @@ when the reload failed. Rules:
   them): a runner that finds its address taken logs one warning and serves
   on without it (SIGHUP still reloads). The asker checks, with
   ``SO_PEERCRED``, that the process answering is the runner it named (that
-  pid, and root's or the asker's uid) before believing an answer.
+  pid; and, unless the asker is root, root's or the asker's uid) before
+  believing an answer.
 * A request is one line, ``reload``; the answer one line, ``ok: ...`` once the
   new plugins serve, or ``failed: ...`` with the reason (the old plugins keep
   serving then).
