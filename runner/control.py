@@ -9,6 +9,12 @@ when the reload failed. Rules:
   root and inside systemd's sandbox, and it goes away with the process.
 * Only root and the runner's own user may ask (``SO_PEERCRED``); anyone else
   is closed without an answer.
+* Anyone may bind an abstract address first (there is no file mode to stop
+  them): a runner that finds its address taken logs one warning and serves
+  on without it (SIGHUP still reloads). The asker checks, with
+  ``SO_PEERCRED``, that the process answering is the runner it named (that
+  pid; and, unless the asker is root, root's or the asker's uid) before
+  believing an answer.
 * A request is one line, ``reload``; the answer one line, ``ok: ...`` once the
   new plugins serve, or ``failed: ...`` with the reason (the old plugins keep
   serving then).
@@ -16,6 +22,7 @@ when the reload failed. Rules:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -34,11 +41,28 @@ def address(pid: int) -> str:
     return f"\0apisix-python-runner/{pid}/control"
 
 
-def serve(on_reload: OnReload) -> socket.socket:
-    """Listen for reload requests on a daemon thread; ``on_reload(reply)`` runs for each."""
+def shown(pid: int) -> str:
+    """The address as ``ss -x`` shows it."""
+    return "@" + address(pid)[1:]
+
+
+def serve(on_reload: OnReload) -> socket.socket | None:
+    """Listen for reload requests on a daemon thread; ``on_reload(reply)`` runs for each.
+    ``None`` (and one warning) if the address cannot be had."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(address(os.getpid()))
-    listener.listen(8)
+    try:
+        listener.bind(address(os.getpid()))
+        listener.listen(8)
+    except OSError as e:
+        listener.close()
+        why = "in use by another process" if e.errno == errno.EADDRINUSE else f"unusable ({e.strerror})"
+        log.warning(
+            "control socket %s %s: `apisix-python-runner reload --pid %d` unavailable; use SIGHUP",
+            shown(os.getpid()),
+            why,
+            os.getpid(),
+        )
+        return None
     threading.Thread(target=_accept, args=(listener, on_reload), name="control", daemon=True).start()
     return listener
 
@@ -73,11 +97,19 @@ def _accept(listener: socket.socket, on_reload: OnReload) -> None:
 
 
 def reload(pid: int, timeout: float) -> tuple[int, str]:
-    """Ask runner ``pid`` to reload: ``(exit status, line)``: 0 reloaded, 1 failed, 2 no answer."""
+    """Ask runner ``pid`` to reload: ``(exit status, line)``: 0 reloaded, 1 failed, 2 no answer
+    (nothing listens, or what listens is not runner ``pid``)."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(address(pid))
+            peer, uid, _ = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+            # Root may ask a runner of any user (the runner lets it); anyone else only root's or its own.
+            if peer != pid or (os.geteuid() != 0 and uid not in (0, os.geteuid())):
+                return 2, (
+                    f"not asking: control socket {shown(pid)} is held by pid {peer} (uid {uid}), not by runner {pid}; "
+                    f"send SIGHUP to {pid} instead"
+                )
             sock.sendall(b"reload\n")
             answer = sock.makefile().readline().strip()
     except OSError as e:

@@ -7,11 +7,20 @@ Rules:
   directory above it must be owned by root or by the runner's user and not be
   writable by group or others. A world-writable directory above it is
   accepted only with the sticky bit (``/tmp``): there nobody can rename or
-  replace the entries we own. Files on a read-only filesystem (a Kubernetes
-  ConfigMap) cannot be changed at all and pass. Anything else is refused with
-  a line saying what to fix, unless ``allow_insecure_plugins`` is set.
-* Only regular files are imported (following symlinks): a FIFO, a device or a
-  directory named ``*.py`` is refused instead of blocking or reading forever.
+  replace the entries we own. A read-only mount is no exception: its modes
+  are what the files had when mounted (a Kubernetes ConfigMap's come from the
+  volume's ``defaultMode``, 0644 unless set) and must pass like any other.
+  Anything else is refused with a line saying what to fix, unless
+  ``allow_insecure_plugins`` is set.
+* Symlinks: every path is walked one component at a time with ``lstat``
+  (``audit``), the plugin directory's own path as well as each entry below
+  it. A symlink met on the way (the directory, a directory above it, a
+  plugin file, a link to a directory) is followed only if it belongs to root
+  or to the runner's user; its target is then walked the same way. The files
+  are read from the real paths found by that walk, so what was audited is
+  what is imported.
+* Only regular files are imported: a FIFO, a device or a directory named
+  ``*.py`` is refused instead of blocking or reading forever.
 * ``load_plugins`` imports every ``*.py`` file (not ``_*``) as a module of a
   fresh private package and registers each ``Plugin`` subclass it defines.
   Plugin files share code through ``_*.py`` helpers with relative imports.
@@ -37,6 +46,7 @@ Rules:
 from __future__ import annotations
 
 import base64
+import errno
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -84,24 +94,13 @@ def read_plugins(directory: str | Path, allow_insecure: bool = False) -> PluginF
     root = Path(directory)
     if not root.is_dir():
         raise PluginLoadError(str(root), "plugin directory does not exist")
-    problems = audit(root)
+    real, problems = audit(root)
     if problems:
         if not allow_insecure:
             raise PluginLoadError(str(root), problems[0] + " (or set allow_insecure_plugins = yes)")
         for problem in problems:
             log.warning("loading plugins anyway (allow_insecure_plugins): %s", problem)
-    files: dict[str, bytes] = {}
-    _read(root, "", files)
-    return PluginFiles(str(root), files)
-
-
-def _read(directory: Path, prefix: str, files: dict[str, bytes]) -> None:
-    for path in sorted(directory.iterdir()):
-        if path.suffix == ".py" and path.stem != "__init__":
-            files[prefix + path.name] = _source(path)
-        elif path.is_dir() and (path / "__init__.py").is_file():
-            files[f"{prefix}{path.name}/__init__.py"] = _source(path / "__init__.py")
-            _read(path, f"{prefix}{path.name}/", files)
+    return PluginFiles(str(root), {rel: _source(root / rel, path) for rel, path in real.items()})
 
 
 class _Snapshot(importlib.abc.SourceLoader):
@@ -154,17 +153,23 @@ _snapshots = _Snapshots()
 sys.meta_path.insert(0, _snapshots)
 
 
-def _source(path: Path) -> bytes:
+def _source(shown: Path, real: str) -> bytes:
+    """The bytes of the plugin file ``shown``, read from its audited real path ``real``."""
     try:
-        kind = os.stat(path).st_mode
+        # O_NOFOLLOW: ``real`` has no symlink left, a link swapped in since is refused;
+        # O_NONBLOCK: opening a FIFO does not wait for a writer.
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
-        raise PluginLoadError(str(path), f"cannot be read: {e.strerror}") from None
-    if not stat.S_ISREG(kind):
-        raise PluginLoadError(str(path), "is not a regular file (only regular files are imported)")
+        raise PluginLoadError(str(shown), f"cannot be read: {e.strerror}") from None
     try:
-        return path.read_bytes()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PluginLoadError(str(shown), "is not a regular file (only regular files are imported)")
+        with open(fd, "rb", closefd=False) as file:
+            return file.read()
     except OSError as e:
-        raise PluginLoadError(str(path), f"cannot be read: {e.strerror}") from None
+        raise PluginLoadError(str(shown), f"cannot be read: {e.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def load_plugins(directory: str | Path, allow_insecure: bool = False) -> PluginRegistry:
@@ -283,44 +288,111 @@ def _unload(package: str) -> None:
 # --- who could change the plugins -------------------------------------------------
 
 
-def audit(root: Path) -> list[str]:
-    """Why the code under ``root`` could be changed by someone other than root or us (empty: it cannot)."""
+def audit(root: Path) -> tuple[dict[str, str], list[str]]:
+    """The plugin files under ``root`` (relative path -> real path, in load order) and why the code
+    could be changed by someone other than root or us (empty: it cannot)."""
     me = os.geteuid()
     problems: list[str] = []
-    top = Path(os.path.realpath(root))
-    for ancestor in reversed(top.parents):
-        problem = _writable_by_others(ancestor, me, ancestor=True)
-        if problem:
-            problems.append(problem)
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-        for name in [".", *dirnames, *filenames]:
-            path = Path(dirpath, name) if name != "." else Path(dirpath)
-            try:
-                target = Path(os.path.realpath(path))
-                if target != path and not target.is_relative_to(top):
-                    # A link out of the directory: what it points to must be safe too.
-                    problems += [p for p in (_writable_by_others(d, me, ancestor=True) for d in target.parents) if p]
-                problem = _writable_by_others(target, me, ancestor=False)
-            except OSError as e:
-                problem = f"{path} cannot be checked: {e.strerror}"
-            if problem:
-                problems.append(problem)
-    return list(dict.fromkeys(problems))
+    files: dict[str, str] = {}
+    _note(problems, _writable_by_others("/", os.lstat("/"), me, ancestor=True))
+    try:
+        top, st = _walk("/", os.path.join(os.getcwd(), root), me, problems)
+    except OSError as e:
+        return files, [f"{root} cannot be checked: {e.strerror}"]
+    _scan(top, "", True, me, problems, files, {(st.st_dev, st.st_ino)})
+    return files, list(dict.fromkeys(problems))
 
 
-def _writable_by_others(path: Path, me: int, ancestor: bool) -> str | None:
-    st = os.stat(path)
+def _scan(
+    directory: str,
+    rel: str,
+    package: bool,
+    me: int,
+    problems: list[str],
+    files: dict[str, str],
+    seen: set[tuple[int, int]],
+) -> None:
+    """Audit every entry of ``directory`` (a real path), recording the plugin files of a package."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as e:
+        problems.append(f"{directory} cannot be listed: {e.strerror}")
+        return
+    for name in names:
+        try:
+            real, st = _walk(directory, name, me, problems)
+        except OSError as e:
+            problems.append(f"{os.path.join(directory, name)} cannot be checked: {e.strerror}")
+            continue
+        if package and os.path.splitext(name)[1] == ".py" and (rel or name != "__init__.py"):
+            files[rel + name] = real  # whatever it is: ``_source`` refuses anything but a regular file
+        elif stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            inner = package and os.path.isfile(os.path.join(real, "__init__.py"))
+            _scan(real, f"{rel}{name}/", inner, me, problems, files, seen)
+
+
+_MAX_LINKS = 40  # as the kernel's path walk: more is a loop
+
+
+def _walk(start: str, path: str, me: int, problems: list[str]) -> tuple[str, os.stat_result]:
+    """The real path of ``path`` (relative to ``start``, a real directory already audited) and its
+    ``lstat``, noting every directory walked through, every symlink followed and the end that
+    someone else could change."""
+    current, pending, via, links = start, path.split("/")[::-1], "", 0
+    while pending:
+        part = pending.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            current = os.path.dirname(current)  # walked through already
+            continue
+        candidate = os.path.join(current, part)
+        st = os.lstat(candidate)
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > _MAX_LINKS:
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), candidate)
+            # A link's own mode is always 0777 and means nothing (changing a link means replacing
+            # it, which its directory's mode governs); its owner made it, and in a sticky
+            # directory like /tmp its owner may replace it at will.
+            if st.st_uid not in (0, me):
+                _note(
+                    problems,
+                    f"{candidate} (a symlink, owner uid {st.st_uid}) belongs to another user: only symlinks "
+                    f"of root or of this runner (uid {me}) are followed",
+                    via,
+                )
+            via = via or candidate
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                current = "/"
+            pending.extend(target.split("/")[::-1])
+            continue
+        _note(problems, _writable_by_others(candidate, st, me, ancestor=True), via)
+        current = candidate
+    st = os.lstat(current)
+    _note(problems, _writable_by_others(current, st, me, ancestor=False), via)
+    return current, st
+
+
+def _note(problems: list[str], problem: str | None, via: str = "") -> None:
+    if problem:
+        problems.append(f"{problem} (reached through the symlink {via})" if via else problem)
+
+
+def _writable_by_others(path: str, st: os.stat_result, me: int, ancestor: bool) -> str | None:
     if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-        return None  # never imported (``_load_file`` refuses it), nor opened here (a FIFO would block)
-    if os.statvfs(path).f_flag & os.ST_RDONLY:
-        return None
+        return None  # never imported (``_source`` refuses it), nor opened here (a FIFO would block)
     mode = stat.S_IMODE(st.st_mode)
     what = f"{path} (owner uid {st.st_uid}, mode {mode:04o})"
     if st.st_uid not in (0, me):
         return f"{what} belongs to another user, who can change the plugins run by this runner (uid {me})"
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         if ancestor and stat.S_ISDIR(st.st_mode) and mode & stat.S_ISVTX:
-            return None  # sticky: others cannot rename or replace the entries we own
+            # Sticky (/tmp, root's or ours, checked above): others may add entries but cannot
+            # rename or replace the ones we own, so a path through it stays ours.
+            return None
         who = "others" if mode & stat.S_IWOTH else "its group"
         return f"{what} is writable by {who}, who could then run code as this runner (uid {me}): chmod go-w it"
     return None

@@ -71,7 +71,21 @@ def _read(sock: socket.socket, size: int) -> bytes:
 
 
 def socket_of(pid: int) -> str | None:
-    """The path of the listening Unix socket process ``pid`` holds (as ``/proc`` shows it), or ``None``."""
+    """The path of the listening Unix socket process ``pid`` holds (as ``/proc`` shows it), or ``None``.
+
+    What it cannot tell: ``/proc/net/unix`` shows the address a socket was bound with, fixed at
+    bind time, so the answer is only a name, not proof that the name leads there now:
+
+    * the file may have been renamed, removed, or replaced since by another process's socket
+      at the same path (a runner that took it over): connecting to it may reach someone else;
+    * the name is as the holder saw it, in its mount namespace (a path inside a container
+      names a different file, or none, on the host), and only sockets of the caller's own
+      network namespace are listed (a runner in another is not found);
+    * a socket bound through a directory fd (``/proc/self/fd/N/...``, as ``sockets.bind``
+      does) names no path at all and is skipped; so is an abstract one;
+    * of several listening sockets, the first is returned; without the right to read
+      ``/proc/PID/fd`` (another user's process) the answer is ``None``.
+    """
     inodes = set()
     try:
         for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -83,8 +97,9 @@ def socket_of(pid: int) -> str | None:
             for line in table:
                 fields = line.split()
                 # Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 = listening
-                if len(fields) >= 8 and fields[6] in inodes and int(fields[3], 16) & 0x10000 and fields[7][0] != "@":
-                    return fields[7]
+                if len(fields) >= 8 and fields[6] in inodes and int(fields[3], 16) & 0x10000:
+                    if fields[7][0] != "@" and not fields[7].startswith("/proc/self/fd/"):
+                        return fields[7]
     except OSError:
         return None
     return None

@@ -7,10 +7,15 @@ Rules:
   message naming the path, our uid and the directory's owner and mode.
 * Binding is race-free whatever the directory's permissions: the socket is
   bound inside a private directory (mode 0700, random name) created next to
-  the path, given its mode and group there, where nobody else can swap it, and
-  then renamed onto the path. So the path never exists with the wrong mode, no
-  predictable name is used in a shared directory, and a runner replacing
-  another takes the path over atomically.
+  the path, given its mode and group there, and then renamed onto the path.
+  The private directory is opened once (``O_NOFOLLOW``) and checked (ours,
+  0700); binding, chmod, chown and rename all go through that fd
+  (``/proc/self/fd/N/s``), so a directory swapped for a symlink or another
+  directory after ``mkdtemp`` is refused, never written through. So the path
+  never exists with the wrong mode, no predictable name is used in a shared
+  directory, and a runner replacing another takes the path over atomically.
+  (The socket's own address, in ``ss -x`` or ``/proc/net/unix``, is the
+  ``/proc/self/fd/...`` name it was bound with, not the path.)
 * A live runner's socket is never taken silently: before replacing a socket,
   ``probe`` connects to it. A socket nobody answers on is stale and replaced;
   a live one is refused unless replacing was asked for (``replace_socket``),
@@ -19,7 +24,9 @@ Rules:
   runner of an APISIX reload must not delete the new one's socket).
 * Peer credentials: with ``allowed_uids``/``allowed_gids`` set, a connection
   is kept only if the peer's uid is listed or one of its groups is
-  (``SO_PEERCRED``, plus ``SO_PEERGROUPS`` where the kernel has it).
+  (``SO_PEERCRED``, plus ``SO_PEERGROUPS`` where the kernel has it). Root and
+  the runner's own uid are always admitted then: root could bypass any check
+  anyway, and the runner's own ``health`` probe runs as its user.
 """
 
 from __future__ import annotations
@@ -100,28 +107,85 @@ def bind(sock: socket.socket, path: str, mode: int, group: int | None, replace: 
         log.warning("taking over %s from the runner serving it (replace_socket)", path)
     directory = os.path.dirname(path)
     private = tempfile.mkdtemp(prefix=".a6-", dir=directory)  # mode 0700, unguessable name
+    fd = _open_private(private, path)  # refused: what is there now is not ours to remove
     try:
-        inner = os.path.join(private, "s")
-        if len(os.fsencode(inner)) > SUN_PATH_MAX:
-            # No room for the private directory in sun_path: bind in place; the
-            # umask gives the mode at creation, so no chmod follows a swapped path.
-            os.rmdir(private)
-            private = ""
-            _bind_in_place(sock, path, mode)
-        else:
-            sock.bind(inner)
-            os.chmod(inner, mode)
-            if group is not None:
-                os.chown(inner, -1, group)
-            os.rename(inner, path)
-        if group is not None and not private:
-            os.chown(path, -1, group, follow_symlinks=False)
+        _bind_private(sock, fd, private, path, mode, group)
+    except OSError as e:
+        raise ConfigError(f"socket {path}: cannot bind it (via {private}): {e.strerror or e}") from None
     finally:
-        if private:
-            with contextlib.suppress(OSError):
-                os.rmdir(private)
+        _remove_private(private, fd, path)
     st = os.stat(path)
     return st.st_dev, st.st_ino
+
+
+_NAME = "s"  # the socket's name inside the private directory
+
+
+def _open_private(private: str, path: str) -> int:
+    """An fd of the private directory, once it is known to be the one we made: ours, mode 0700."""
+    try:
+        fd = os.open(private, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise ConfigError(
+            f"socket {path}: the private directory {private} made to bind it cannot be opened "
+            f"({e.strerror}): was it replaced? the socket directory must not be writable by others"
+        ) from None
+    st = os.fstat(fd)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) != 0o700:
+        os.close(fd)
+        raise ConfigError(
+            f"socket {path}: the private directory {private} made to bind it is not ours any more "
+            f"({_owner(st)}): the socket directory must not be writable by others"
+        )
+    return fd
+
+
+def _bind_private(sock: socket.socket, fd: int, private: str, path: str, mode: int, group: int | None) -> None:
+    """Bind in the private directory ``fd``, set mode and group there, rename onto ``path``."""
+    via_fd = f"/proc/self/fd/{fd}/{_NAME}"  # ~20 bytes: always fits in sun_path
+    if os.path.isdir(f"/proc/self/fd/{fd}"):
+        # Resolved through the fd: the directory checked above, whatever its path names now.
+        sock.bind(via_fd)
+    elif len(os.fsencode(os.path.join(private, _NAME))) <= SUN_PATH_MAX:
+        # No /proc (a bare chroot): by path, then made sure it landed in the directory we hold.
+        sock.bind(os.path.join(private, _NAME))
+        try:
+            landed = stat.S_ISSOCK(os.stat(_NAME, dir_fd=fd, follow_symlinks=False).st_mode)
+        except FileNotFoundError:
+            landed = False
+        if not landed:
+            raise ConfigError(f"socket {path}: the private directory {private} was replaced while binding")
+    else:
+        # Neither /proc nor room for the private directory in sun_path: bind in place; the
+        # umask gives the mode at creation, so no chmod follows a swapped path.
+        _bind_in_place(sock, path, mode)
+        if group is not None:
+            os.chown(path, -1, group, follow_symlinks=False)
+        return
+    # By name in the fd: the socket nobody else can reach yet. (A plain chmod: the name is
+    # our socket in our 0700 directory, and chmod's follow_symlinks=False is not on every libc.)
+    os.chmod(_NAME, mode, dir_fd=fd)
+    if group is not None:
+        os.chown(_NAME, -1, group, dir_fd=fd, follow_symlinks=False)
+    os.rename(_NAME, path, src_dir_fd=fd)
+
+
+def _remove_private(private: str, fd: int, path: str) -> None:
+    """Remove the private directory ``fd`` if ``private`` still names it (rmdir removes only an
+    empty directory and never follows a symlink); a leftover is logged, not fatal."""
+    try:
+        held = os.fstat(fd)
+        st = os.lstat(private)
+        if (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino):
+            os.rmdir(private)
+        else:
+            log.warning("socket %s: not removing %s: it is no longer the private directory we made", path, private)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warning("socket %s: cannot remove the private directory %s: %s", path, private, e.strerror)
+    finally:
+        os.close(fd)
 
 
 def _bind_in_place(sock: socket.socket, path: str, mode: int) -> None:
@@ -151,15 +215,12 @@ def unlink_if_ours(path: str, inode: tuple[int, int]) -> None:
 
 
 class PeerCheck:
-    """Which peers may connect: everyone, or the listed uids and groups."""
+    """Which peers may connect: everyone, or the listed uids and groups (and root and us)."""
 
     def __init__(self, uids: tuple[int, ...] = (), gids: tuple[int, ...] = ()) -> None:
-        self.uids = frozenset(uids)
+        self.active = bool(uids or gids)
+        self.uids = frozenset(uids) | {0, os.geteuid()}
         self.gids = frozenset(gids)
-
-    @property
-    def active(self) -> bool:
-        return bool(self.uids or self.gids)
 
     def refusal(self, conn: socket.socket) -> str | None:
         """``None`` if the peer may stay, else why not (for the log)."""
@@ -173,7 +234,9 @@ class PeerCheck:
             return None
         if self.gids and self.gids & _peer_groups(conn):
             return None
-        return f"peer pid {pid} uid {uid} gid {gid} is not in allowed_uids/allowed_gids"
+        return (
+            f"peer pid {pid} uid {uid} gid {gid} is not in allowed_uids/allowed_gids (nor root, nor the runner's uid)"
+        )
 
 
 def _peer_groups(conn: socket.socket) -> frozenset[int]:

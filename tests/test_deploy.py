@@ -189,8 +189,8 @@ def test_install_steps_create_what_the_units_use() -> None:
 
 
 def test_documented_checks_see_the_plugin_directory_as_the_service_does() -> None:
-    # DynamicUser=yes alone makes the whole file system read-only, where every plugin file
-    # passes the audit; the service's ConfigurationDirectory= is mounted as it is on the host.
+    # DynamicUser=yes alone makes the whole file system read-only; the service's
+    # ConfigurationDirectory= is mounted as it is on the host, as the service sees it.
     directory = one(SERVICE, "Service", "ConfigurationDirectory")
     for block in ("systemd-check", "systemd-recover"):
         command = docs_block(block).replace("\\\n", " ")

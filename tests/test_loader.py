@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import cli
 
 from runner.errors import PluginLoadError
 from runner.loader import load_plugins
@@ -95,6 +99,85 @@ def test_a_symlink_to_a_safe_regular_file_is_loaded(plugins: Path, tmp_path: Pat
     (data / "linked.py").write_text(PLUGIN.replace("class Ok", "class Linked"))
     (plugins / "linked.py").symlink_to(data / "linked.py")
     assert load_plugins(plugins).names() == ["linked", "ok"]
+
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a symlink to another user (os.lchown)")
+NOBODY = 65534
+
+
+@ROOT_ONLY
+def test_a_plugin_directory_reached_through_another_users_symlink_is_refused(plugins: Path, tmp_path: Path) -> None:
+    link = tmp_path / "current"
+    link.symlink_to(plugins)
+    os.lchown(link, NOBODY, NOBODY)
+    with pytest.raises(PluginLoadError) as info:
+        load_plugins(link)
+    assert f"{link} (a symlink, owner uid {NOBODY}) belongs to another user" in str(info.value)
+    result = cli("check", "--plugins", str(link))  # `check` refuses it as `run` would
+    assert result.returncode == 1
+    assert f"{link} (a symlink, owner uid {NOBODY}) belongs to another user" in result.stderr
+
+
+@ROOT_ONLY
+def test_a_directory_above_reached_through_another_users_symlink_is_refused(plugins: Path, tmp_path: Path) -> None:
+    link = tmp_path / "release"
+    link.symlink_to(tmp_path)
+    os.lchown(link, NOBODY, NOBODY)
+    with pytest.raises(PluginLoadError, match=f"{link} \\(a symlink, owner uid {NOBODY}\\)"):
+        load_plugins(link / "plugins")
+
+
+def test_a_plugin_file_linked_to_a_world_writable_file_is_refused(plugins: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "shared"
+    elsewhere.mkdir()
+    target = elsewhere / "evil.py"
+    target.write_text(PLUGIN.replace("class Ok", "class Evil"))
+    target.chmod(0o666)
+    (plugins / "evil.py").symlink_to(target)
+    with pytest.raises(PluginLoadError) as info:
+        load_plugins(plugins)
+    assert f"{target} (owner uid {os.geteuid()}, mode 0666) is writable by others" in str(info.value)
+    assert f"reached through the symlink {plugins / 'evil.py'}" in str(info.value)
+    result = cli("check", "--plugins", str(plugins))
+    assert result.returncode == 1 and f"{target} (owner uid {os.geteuid()}, mode 0666)" in result.stderr
+
+
+def test_our_own_symlink_to_our_plugin_directory_loads_it(plugins: Path, tmp_path: Path) -> None:
+    link = tmp_path / "current"
+    link.symlink_to(plugins)
+    registry = load_plugins(link)
+    assert registry.names() == ["ok"]
+    assert registry.file_of("ok") == str(link / "ok.py")  # named as configured
+    result = cli("check", "--plugins", str(link))
+    assert result.returncode == 0 and f"plugin ok: {link / 'ok.py'}" in result.stdout
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare(1) to mount a file system"
+)
+def test_a_group_writable_file_on_a_read_only_mount_is_refused(tmp_path: Path) -> None:
+    # Inside a private mount namespace (gone with the process): a tmpfs holding a 0664 plugin,
+    # then remounted read-only. Nobody can change it now, but its mode says the group may
+    # (a ConfigMap gets its mode from defaultMode): it is refused like any other.
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    script = (
+        f"mount -t tmpfs -o mode=0755 tmpfs {mount} && mkdir -m 0755 {mount}/plugins && "
+        f"printf 'x = 1\\n' > {mount}/plugins/ok.py && chmod 0664 {mount}/plugins/ok.py && "
+        f"mount -o remount,ro {mount} && "
+        f"{sys.executable} -m runner check --plugins {mount}/plugins"
+    )
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parent.parent,
+    )
+    if "mount:" in result.stderr or "unshare:" in result.stderr:
+        pytest.skip(f"cannot mount here: {result.stderr.strip()}")
+    assert result.returncode == 1
+    assert f"{mount}/plugins/ok.py (owner uid 0, mode 0664) is writable by its group" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,13 @@ import os
 import socket
 import stat
 import struct
+import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
-from helpers import SUITE_PLUGINS, act, fd_count, run_in_threads, wait_for
+from helpers import SUITE_PLUGINS, act, cli, fd_count, run_in_threads, wait_for
 
 from runner.errors import ErrCode
 from runner.frame import MAX_PAYLOAD
@@ -340,18 +342,55 @@ def test_accept_at_the_descriptor_limit_is_logged_once_and_recovers() -> None:
     assert "accepting connections again" in log
 
 
-def test_a_peer_not_in_allowed_uids_is_refused_and_logged() -> None:
-    with RunnerProcess(SUITE_PLUGINS, args=["--allowed-uids", "12345"]) as proc:
-        with proc.client() as c:
-            assert c.sock.recv(16) == b""
+NOBODY = 65534
+AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another user (setuid)")
+# A child that drops to UID:GID once everything is imported, then makes one call as APISIX would.
+CALL_AS = """
+import os, sys
+from runner.testing import ApisixClient
+os.setgroups([])
+os.setgid(int(sys.argv[3]))
+os.setuid(int(sys.argv[2]))
+try:
+    with ApisixClient(sys.argv[1], 10.0) as c:
+        print(c.http_req_call(c.prepare_conf(None)).action)
+except (OSError, EOFError) as e:
+    print("refused")
+"""
+
+
+def _call_as(path: str, uid: int, gid: int) -> str:
+    argv = [sys.executable, "-c", CALL_AS, path, str(uid), str(gid)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+
+
+@AS_ROOT
+def test_a_peer_not_in_allowed_uids_is_refused_and_logged_once(short_dir: Path) -> None:
+    path = str(short_dir / "r.sock")  # mode 0766 in a 0755 directory: anyone may connect
+    with RunnerProcess(SUITE_PLUGINS, socket_path=path, args=["--allowed-uids", "12345"]) as proc:
+        assert _call_as(path, NOBODY, NOBODY) == "refused"
         wait_for(lambda: "refusing a connection" in proc.log, "the refusal line")
-        assert f"uid {os.getuid()}" in proc.log and "not in allowed_uids/allowed_gids" in proc.log
+        refusals = [line for line in proc.log.splitlines() if "refusing a connection" in line]
+        assert len(refusals) == 1
+        assert f"uid {NOBODY} gid {NOBODY} is not in allowed_uids/allowed_gids" in refusals[0]
 
 
-@pytest.mark.parametrize("setting", [["--allowed-uids", str(os.getuid())], ["--allowed-gids", str(os.getgid())]])
-def test_a_peer_in_allowed_uids_or_gids_gets_in(setting: list[str]) -> None:
-    with RunnerProcess(SUITE_PLUGINS, args=setting) as proc, proc.client() as c:
+def test_root_and_the_runners_own_uid_get_in_whatever_allowed_uids_lists() -> None:
+    # The runner's own `health` probe runs as its user; root could get in anyway.
+    with RunnerProcess(SUITE_PLUGINS, args=["--allowed-uids", "12345"]) as proc, proc.client() as c:
+        assert os.geteuid() in (0, os.getuid())
         assert c.http_req_call(c.prepare_conf(None)).action == "none"
+        assert cli("health", "--socket", proc.socket_path).stdout.strip() == "ok"
+        assert "refusing a connection" not in proc.log
+
+
+@AS_ROOT
+@pytest.mark.parametrize("setting", [["--allowed-uids", f"12345,{NOBODY}"], ["--allowed-gids", str(NOBODY)]])
+def test_a_peer_in_allowed_uids_or_gids_gets_in(short_dir: Path, setting: list[str]) -> None:
+    path = str(short_dir / "r.sock")
+    with RunnerProcess(SUITE_PLUGINS, socket_path=path, args=setting):
+        assert _call_as(path, NOBODY, NOBODY) == "none"
+        assert _call_as(path, NOBODY - 1, NOBODY - 1) == "refused"  # in neither list
 
 
 def test_tokens_on_the_wire_are_not_sequential(apisix: ApisixClient) -> None:

@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from helpers import SUITE_PLUGINS, cli, wait_for
 
+from runner import sockets
+from runner.errors import ConfigError
 from runner.testing import RunnerProcess
 
 
@@ -99,3 +104,77 @@ def test_check_warns_when_every_local_user_may_connect(short_dir: Path) -> None:
         "check", "--socket", str(short_dir / "r.sock"), "--plugins", str(SUITE_PLUGINS), "--socket-mode", "0660"
     )
     assert quiet.returncode == 0 and "every local user" not in quiet.stderr
+
+
+def _swap_private_dir(monkeypatch: pytest.MonkeyPatch, replace: Callable[[Path], None]) -> list[Path]:
+    """What an attacker with write access to the socket directory could do between ``mkdtemp``
+    and the bind: move the fresh private directory away and put ``replace(path)`` there."""
+    made: list[Path] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(**kwargs: str) -> str:
+        private = Path(real_mkdtemp(**kwargs))
+        private.rename(private.with_name("moved-away"))
+        replace(private)
+        made.append(private)
+        return str(private)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    return made
+
+
+def _victim(short_dir: Path) -> Path:
+    victim = short_dir / "victim"
+    victim.mkdir(mode=0o700)
+    (victim / "secret").write_text("root's")
+    return victim
+
+
+def test_a_private_directory_swapped_for_a_symlink_is_refused_and_its_target_untouched(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    victim = _victim(short_dir)
+    made = _swap_private_dir(monkeypatch, lambda private: private.symlink_to(victim))
+    path = short_dir / "r.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, pytest.raises(ConfigError) as info:
+        sockets.bind(sock, str(path), 0o666, None, False)
+    assert f"socket {path}: the private directory {made[0]} made to bind it cannot be opened" in str(info.value)
+    assert sorted(p.name for p in victim.iterdir()) == ["secret"]  # nothing bound, renamed or removed there
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o700 and (victim / "secret").read_text() == "root's"
+    assert not path.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a directory another user owns")
+def test_a_private_directory_swapped_for_another_users_directory_is_refused(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def theirs(private: Path) -> None:
+        private.mkdir(mode=0o700)
+        os.chown(private, 65534, 65534)
+
+    made = _swap_private_dir(monkeypatch, theirs)
+    path = short_dir / "r.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, pytest.raises(ConfigError) as info:
+        sockets.bind(sock, str(path), 0o666, None, False)
+    assert f"socket {path}: the private directory {made[0]} made to bind it is not ours any more" in str(info.value)
+    assert "owner uid 65534" in str(info.value)
+    assert list(made[0].iterdir()) == [] and not path.exists()
+
+
+@pytest.mark.parametrize("proc", [True, False], ids=["via-proc-fd", "no-proc"])
+def test_bind_leaves_the_socket_at_its_path_with_its_mode_and_no_private_directory(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch, proc: bool
+) -> None:
+    if not proc:  # a chroot without /proc: bound by path in the private directory
+        isdir = os.path.isdir
+        monkeypatch.setattr(os.path, "isdir", lambda p: not str(p).startswith("/proc/self/fd/") and isdir(p))
+    path = short_dir / "r.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        inode = sockets.bind(sock, str(path), 0o660, os.getegid(), False)
+        sock.listen(1)
+        st = path.lstat()
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == os.getegid()
+        assert (st.st_dev, st.st_ino) == inode
+        assert sorted(p.name for p in short_dir.iterdir()) == ["r.sock"]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(path))  # served at the path, not where it was bound
