@@ -298,9 +298,10 @@ def test_exit_with_parent_auto_follows_only_an_nginx_parent(short_dir: Path, par
     with open(f"/proc/{spawner.pid}/task/{spawner.pid}/children") as f:
         (runner_pid,) = (int(x) for x in f.read().split())
     try:
-        assert f"exit_with_parent = auto: {'exiting with' if parent == 'nginx' else 'not watching'} parent" in (
-            log.read_text()
-        )
+        # The runner says what it decided after it has bound the socket: wait for the line.
+        wait_for(lambda: "exit_with_parent = auto:" in log.read_text(), "the runner's exit_with_parent line")
+        decided = "exiting with" if parent == "nginx" else "not watching"
+        assert f"exit_with_parent = auto: {decided} parent" in log.read_text()
         spawner.kill()
         spawner.wait()
         assert spawner.stdin is not None
