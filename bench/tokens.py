@@ -48,7 +48,9 @@ def main() -> None:
         if len(by_worker) != 2:
             raise SystemExit("every connection landed on one worker")
         a, b = by_worker.values()
-        cross, known, issuer = [], [], []
+        cross: list[float] = []
+        known: list[float] = []
+        issuer: list[float] = []
         for i in range(opts.tokens):
             token = a.prepare_conf({"bench_pid": None}, key=f"route#{i}#ext-plugin-pre-req#1")
             for client, times in ((b, cross), (b, known)):
