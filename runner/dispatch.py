@@ -123,8 +123,7 @@ class Dispatcher:
         try:
             if type_ == _REQ_CALL:  # (plain ints: an enum member costs a lookup, per call)
                 req = decode.req_call(payload)
-                call.request_id, call.conf_token = req.id, req.conf_token
-                prepared = self._lookup(req)
+                prepared = self._lookup(req, call)
                 if prepared.async_request:
                     return Pending(self._finish(run_request_phase_async(prepared, req, call, self._watch), type_))
                 reply = frame.encode(_REQ_CALL, run_request_phase(prepared, req, call, self._watch))
@@ -132,8 +131,7 @@ class Dispatcher:
                 reply = frame.encode(_PREPARE_CONF, self._prepare_conf(payload, call))
             elif type_ == _RESP_CALL:
                 resp = decode.resp_call(payload)
-                call.request_id, call.conf_token = resp.id, resp.conf_token
-                prepared = self._lookup(resp)
+                prepared = self._lookup(resp, call)
                 if prepared.async_response:
                     return Pending(self._finish(run_response_phase_async(prepared, resp, call, self._watch), type_))
                 reply = frame.encode(_RESP_CALL, run_response_phase(prepared, resp, call, self._watch))
@@ -252,10 +250,12 @@ class Dispatcher:
             chain.append((name, plugin))
         return prepared(chain, registry)
 
-    def _lookup(self, call: decode.ReqCall | decode.RespCall) -> Prepared:
-        prepared = self.cache.get(call.conf_token)
+    def _lookup(self, req: decode.ReqCall | decode.RespCall, call: Call) -> Prepared:
+        """The prepared conf of ``req``'s token; ``call`` notes which request and token it runs."""
+        call.request_id, call.conf_token = req.id, req.conf_token
+        prepared = self.cache.get(req.conf_token)
         if prepared.error:
-            raise ConfUnusable(f"conf token {call.conf_token} is unusable: {prepared.error}")
+            raise ConfUnusable(f"conf token {req.conf_token} is unusable: {prepared.error}")
         return prepared
 
 
