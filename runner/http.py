@@ -28,13 +28,17 @@ import ipaddress
 import math
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from . import aio
 from .frame import MAX_PAYLOAD
-from .headers import UNENCODABLE, Args, Headers, Load, Pairs, refuse_character
+from .headers import UNENCODABLE, Args, Headers, Load, MultiDict, Pairs, refuse_character
 from .protocol import InfoKind
 
 __all__ = ["MAX_BODY", "ExtraInfo", "InfoKind", "Request", "Response"]
+
+M = TypeVar("M", bound=MultiDict)
+M_co = TypeVar("M_co", bound=MultiDict, covariant=True)
 
 
 #: The largest body a plugin may set: one frame, minus room for the rest of the
@@ -145,6 +149,30 @@ def _checked_status(value: object) -> int:
     return value
 
 
+class _PairsAttribute(Protocol[M_co]):
+    """A ``_pairs_attribute`` as type checkers see it: it reads as an ``M_co``; any pairs can be assigned."""
+
+    def __get__(self, obj: object, owner: type | None = None) -> M_co: ...
+    def __set__(self, obj: object, value: Pairs) -> None: ...
+
+
+def _pairs_attribute(kind: type[M], slot: str) -> _PairsAttribute[M]:
+    """``headers`` or ``args``: the ``kind`` mapping built on first use from what the constructor kept in
+    ``slot`` (pairs or a loader); assigning pairs replaces it, still compared with what APISIX sent."""
+
+    def get(self: Any) -> M:
+        pairs = getattr(self, slot)
+        if not isinstance(pairs, kind):
+            pairs = kind(load=pairs)
+            setattr(self, slot, pairs)
+        return pairs
+
+    def set(self: Any, value: Pairs) -> None:
+        setattr(self, slot, kind(value, load=get(self).sent))
+
+    return property(get, set)
+
+
 class _Message:
     """What a request and a response share: lazily built ``headers``, a settable body, ``var()``."""
 
@@ -155,16 +183,7 @@ class _Message:
     _new_body: bytes | None
     _extra: ExtraInfo
 
-    @property
-    def headers(self) -> Headers:
-        headers = self._headers
-        if not isinstance(headers, Headers):
-            headers = self._headers = Headers(load=headers)
-        return headers
-
-    @headers.setter
-    def headers(self, value: Pairs) -> None:
-        self._headers = Headers(value, load=self.headers.sent)
+    headers = _pairs_attribute(Headers, "_headers")
 
     def _set_body(self, value: bytes | str) -> None:
         self._new_body = _body_bytes(value)
@@ -260,16 +279,7 @@ class Request(_Message):
         self._src_ip = ip
         return ip
 
-    @property
-    def args(self) -> Args:
-        args = self._args
-        if not isinstance(args, Args):
-            args = self._args = Args(load=args)
-        return args
-
-    @args.setter
-    def args(self, value: Pairs) -> None:
-        self._args = Args(value, load=self.args.sent)
+    args = _pairs_attribute(Args, "_args")
 
     def changes(self) -> tuple[str | None, list[tuple[str, list[str] | None]], list[tuple[str, list[str] | None]]]:
         """``(new path or None, header changes, arg changes)`` against what APISIX sent (see ``Headers.changes``)."""
