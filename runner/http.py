@@ -189,6 +189,18 @@ class _Message:
         self._new_body = _body_bytes(value)
         self._body = value if isinstance(value, str) else self._new_body
 
+    def _asked_body(self, kind: InfoKind) -> bytes | str:
+        """The body, asked of APISIX (as ``kind``) the first time: ``b""`` if it sent none."""
+        if self._body is None:
+            self._body = self._extra.ask(kind) or b""
+        return self._body
+
+    async def _fetched_body(self, kind: InfoKind) -> bytes | str:
+        """``_asked_body`` without blocking the event loop."""
+        if self._body is None:
+            self._body = await self._extra.fetch(kind) or b""
+        return self._body
+
     def var(self, name: str) -> str | None:
         """An nginx/APISIX variable (``host``, ``remote_addr``, ``route_id``, ``cookie_x``...).
 
@@ -293,9 +305,7 @@ class Request(_Message):
     @property
     def body(self) -> bytes | str:
         """The request body (``b""`` if none), asked of APISIX on first read; assign ``str`` or ``bytes``."""
-        if self._body is None:
-            self._body = self._extra.ask(InfoKind.REQ_BODY) or b""
-        return self._body
+        return self._asked_body(InfoKind.REQ_BODY)
 
     @body.setter
     def body(self, value: bytes | str) -> None:
@@ -308,9 +318,7 @@ class Request(_Message):
 
     async def fetch_body(self) -> bytes | str:
         """``body`` for async plugins: asks APISIX without blocking the event loop."""
-        if self._body is None:
-            self._body = await self._extra.fetch(InfoKind.REQ_BODY) or b""
-        return self._body
+        return await self._fetched_body(InfoKind.REQ_BODY)
 
     def __repr__(self) -> str:
         return f"<Request id={self.id} {self.method} {self.path!r}>"
@@ -361,9 +369,7 @@ class Response(_Message):
     def body(self) -> bytes | str | None:
         """The body: assign ``str`` or ``bytes`` to answer with it; in the response phase,
         reading it first asks APISIX for the upstream's (``b""`` if none)."""
-        if self._body is None and self._upstream:
-            self._body = self._extra.ask(InfoKind.RESP_BODY) or b""
-        return self._body
+        return self._asked_body(InfoKind.RESP_BODY) if self._upstream else self._body
 
     @body.setter
     def body(self, value: bytes | str) -> None:
@@ -380,9 +386,7 @@ class Response(_Message):
 
     async def fetch_body(self) -> bytes | str | None:
         """``body`` for async plugins: asks APISIX without blocking the event loop."""
-        if self._body is None and self._upstream:
-            self._body = await self._extra.fetch(InfoKind.RESP_BODY) or b""
-        return self._body
+        return await self._fetched_body(InfoKind.RESP_BODY) if self._upstream else self._body
 
     def __repr__(self) -> str:
         return f"<Response {self._status}>"
