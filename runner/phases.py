@@ -241,9 +241,8 @@ def _rewrite(req: decode.ReqCall, request: Request, response: Response) -> bytes
     args: list[tuple[str, str | None]] = [
         (name, value) for name, values in arg_changes for value in ((None,) if values is None else values)
     ]
-    resp_headers = (
-        [(n, v) for n, v in response.headers.items() if not _ignored_by_apisix(n)] if response.headers else []
-    )
+    added = response.headers
+    resp_headers = [(n, v) for n, v in added.items() if not _ignored_by_apisix(n)] if added else []
     body = request.body_for_upstream
     if path is None and not headers and not args and not resp_headers and not body:
         return encode.no_action(req.id)
@@ -299,13 +298,14 @@ async def run_response_phase_async(
 def _client_response(resp: decode.RespCall, response: Response) -> bytes:
     # Always the full header list: an empty one makes APISIX copy the
     # upstream's headers (minus Content-Type and friends) instead.
-    headers: list[tuple[str, str | None]] = [
-        (n, v) for n, v in response.headers.items() if n.lower() not in _HOP_BY_HOP
-    ]
+    current = response.headers
+    headers: list[tuple[str, str | None]] = [(n, v) for n, v in current.items() if n.lower() not in _HOP_BY_HOP]
     # Headers the plugins removed also get a deletion entry, so that removing
     # the last one cannot turn into "copy every upstream header".
-    headers += [(n, None) for n, values in response.headers.changes() if values is None]
-    status = response.status_code if response.status_code != resp.status else 0
+    headers += [(n, None) for n, values in current.changes() if values is None]
+    status = response.status_code
+    if status == resp.status:
+        status = 0
     return encode.resp_call(resp.id, status, headers, response.body_for_client)
 
 
