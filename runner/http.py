@@ -37,8 +37,8 @@ from .protocol import InfoKind
 
 __all__ = ["MAX_BODY", "ExtraInfo", "InfoKind", "Request", "Response"]
 
-M = TypeVar("M", bound=MultiDict)
-M_co = TypeVar("M_co", bound=MultiDict, covariant=True)
+_M = TypeVar("_M", bound=MultiDict)
+_M_co = TypeVar("_M_co", bound=MultiDict, covariant=True)
 
 
 #: The largest body a plugin may set: one frame, minus room for the rest of the
@@ -149,18 +149,18 @@ def _checked_status(value: object) -> int:
     return value
 
 
-class _PairsAttribute(Protocol[M_co]):
-    """A ``_pairs_attribute`` as type checkers see it: it reads as an ``M_co``; any pairs can be assigned."""
+class _PairsAttribute(Protocol[_M_co]):
+    """A ``_pairs_attribute`` as type checkers see it: it reads as its mapping kind; any pairs can be assigned."""
 
-    def __get__(self, obj: object, owner: type | None = None) -> M_co: ...
+    def __get__(self, obj: object, owner: type | None = None) -> _M_co: ...
     def __set__(self, obj: object, value: Pairs) -> None: ...
 
 
-def _pairs_attribute(kind: type[M], slot: str) -> _PairsAttribute[M]:
+def _pairs_attribute(kind: type[_M], slot: str) -> _PairsAttribute[_M]:
     """``headers`` or ``args``: the ``kind`` mapping built on first use from what the constructor kept in
     ``slot`` (pairs or a loader); assigning pairs replaces it, still compared with what APISIX sent."""
 
-    def get(self: Any) -> M:
+    def get(self: Any) -> _M:
         pairs = getattr(self, slot)
         if not isinstance(pairs, kind):
             pairs = kind(load=pairs)

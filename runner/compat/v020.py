@@ -58,14 +58,16 @@ def _dict_methods(attr: str) -> tuple[Callable[..., Any], Callable[..., bool], C
     """0.2.0's four methods over the ``Fields`` in ``self.<attr>``: get one, set one, get all, set all."""
 
     def get_one(self: Any, key: str) -> Any:
-        return getattr(self, attr).get(key)
+        fields: Fields = getattr(self, attr)
+        return fields.get(key)
 
     def set_one(self: Any, key: str, value: Any) -> bool:
         fields: Fields = getattr(self, attr)
         return fields.set(key, value)
 
     def get_all(self: Any) -> Any:
-        return getattr(self, attr).all()
+        fields: Fields = getattr(self, attr)
+        return fields.all()
 
     def set_all(self: Any, values: Any) -> bool:
         fields: Fields = getattr(self, attr)
