@@ -47,7 +47,7 @@ from .channel import Channel, ChannelClosed, Message
 from .config import Config
 from .errors import RunnerError
 from .events import Events
-from .lifecycle import in_background, spawned_by_apisix, watch_parent
+from .lifecycle import in_background, spawned_by_apisix, stopping, watch_parent
 from .loader import PluginFiles, read_plugins
 from .reloads import Reload, Reply
 from .shared import TokenTable
@@ -248,13 +248,7 @@ class Arbiter:
             event, slot, value = self.events.get(min(1.0, ping or 1.0))
             if ping is not None:
                 systemd.notify("WATCHDOG=1")
-            if parent is not None and os.getppid() != parent:
-                event = "parent-gone"
-            if event == "stop":
-                log.info("stopping on signal")
-                break
-            if event == "parent-gone":
-                log.warning("the process that started us is gone: stopping")
+            if stopping(event, parent, log):
                 break
             if event == "reload":
                 self.start_reload()

@@ -224,48 +224,42 @@ def _text(value: Any) -> str:
 @dataclass(frozen=True)
 class Setting:
     name: str  # Config field, TOML key, and (with dashes) the flag
-    env: str
     parse: Callable[[Any], Any]
     help: str
+    env: str = ""  # the environment variable: A6_RUNNER_<NAME>, unless APISIX gives it another name
+
+    def __post_init__(self) -> None:
+        if not self.env:
+            object.__setattr__(self, "env", f"A6_RUNNER_{self.name.upper()}")
 
 
 SETTINGS = (
-    Setting("socket", "APISIX_LISTEN_ADDRESS", parse_listen_address, "socket path or unix:/path"),
-    Setting("plugins", "A6_RUNNER_PLUGINS", _text, "directory of plugin files"),
-    Setting("log_level", "A6_RUNNER_LOG_LEVEL", _choice(LOG_LEVELS), "|".join(LOG_LEVELS)),
-    Setting("log_format", "A6_RUNNER_LOG_FORMAT", _choice(LOG_FORMATS), "text or json lines"),
-    Setting("conf_expire_time", "APISIX_CONF_EXPIRE_TIME", _positive_int, "APISIX's conf expiry, seconds"),
-    Setting("max_conf_entries", "A6_RUNNER_MAX_CONF_ENTRIES", _positive_int, "live conf tokens kept"),
-    Setting("max_conf_bytes", "A6_RUNNER_MAX_CONF_BYTES", _size, "bytes of route confs kept (e.g. 64MiB)"),
-    Setting("socket_mode", "A6_RUNNER_SOCKET_MODE", _mode, "socket permissions, octal"),
-    Setting("socket_group", "A6_RUNNER_SOCKET_GROUP", _group, "group owning the socket, name or gid"),
-    Setting("replace_socket", "A6_RUNNER_REPLACE_SOCKET", _choice(AUTO_YES_NO), "take over a live runner's socket"),
-    Setting(
-        "allowed_uids",
-        "A6_RUNNER_ALLOWED_UIDS",
-        _ids(False),
-        "only these peer uids (and root and the runner's own) may connect",
-    ),
-    Setting(
-        "allowed_gids",
-        "A6_RUNNER_ALLOWED_GIDS",
-        _ids(True),
-        "only peers in these groups (or root or the runner's uid) may connect",
-    ),
-    Setting("allow_insecure_plugins", "A6_RUNNER_ALLOW_INSECURE_PLUGINS", _bool, "load writable plugin files"),
-    Setting("workers", "A6_RUNNER_WORKERS", _workers, "worker processes: a number, or auto (one per CPU)"),
-    Setting("threads", "A6_RUNNER_THREADS", _positive_int, "threads running calls, per worker"),
-    Setting("max_connections", "A6_RUNNER_MAX_CONNECTIONS", _positive_int, "open APISIX connections"),
-    Setting("memory_budget", "A6_RUNNER_MEMORY_BUDGET", _size, "bytes of frames received, handled or sent"),
-    Setting("frame_timeout", "A6_RUNNER_FRAME_TIMEOUT", _seconds(3600), "seconds to receive or send a frame"),
-    Setting("call_timeout", "A6_RUNNER_CALL_TIMEOUT", _seconds(3600), "seconds before a call gets 503"),
-    Setting("slow_call", "A6_RUNNER_SLOW_CALL", _seconds(3600), "seconds before a call is logged as slow"),
-    Setting("max_stuck_calls", "A6_RUNNER_MAX_STUCK_CALLS", _positive_int, "stuck calls before a plugin fails fast"),
-    Setting("metrics_port", "A6_RUNNER_METRICS_PORT", _port, "Prometheus port (0 = off)"),
-    Setting("metrics_host", "A6_RUNNER_METRICS_HOST", _text, "Prometheus bind address"),
-    Setting("drain_timeout", "A6_RUNNER_DRAIN_TIMEOUT", _seconds(60), "seconds to finish calls on SIGTERM"),
-    Setting("exit_with_parent", "A6_RUNNER_EXIT_WITH_PARENT", _choice(AUTO_YES_NO), "exit when APISIX is gone"),
-    Setting("cpu", "A6_RUNNER_CPU", _cpu, "pin every thread to one CPU: none, auto or a number"),
+    Setting("socket", parse_listen_address, "socket path or unix:/path", env="APISIX_LISTEN_ADDRESS"),
+    Setting("plugins", _text, "directory of plugin files"),
+    Setting("log_level", _choice(LOG_LEVELS), "|".join(LOG_LEVELS)),
+    Setting("log_format", _choice(LOG_FORMATS), "text or json lines"),
+    Setting("conf_expire_time", _positive_int, "APISIX's conf expiry, seconds", env="APISIX_CONF_EXPIRE_TIME"),
+    Setting("max_conf_entries", _positive_int, "live conf tokens kept"),
+    Setting("max_conf_bytes", _size, "bytes of route confs kept (e.g. 64MiB)"),
+    Setting("socket_mode", _mode, "socket permissions, octal"),
+    Setting("socket_group", _group, "group owning the socket, name or gid"),
+    Setting("replace_socket", _choice(AUTO_YES_NO), "take over a live runner's socket"),
+    Setting("allowed_uids", _ids(False), "only these peer uids (and root and the runner's own) may connect"),
+    Setting("allowed_gids", _ids(True), "only peers in these groups (or root or the runner's uid) may connect"),
+    Setting("allow_insecure_plugins", _bool, "load writable plugin files"),
+    Setting("workers", _workers, "worker processes: a number, or auto (one per CPU)"),
+    Setting("threads", _positive_int, "threads running calls, per worker"),
+    Setting("max_connections", _positive_int, "open APISIX connections"),
+    Setting("memory_budget", _size, "bytes of frames received, handled or sent"),
+    Setting("frame_timeout", _seconds(3600), "seconds to receive or send a frame"),
+    Setting("call_timeout", _seconds(3600), "seconds before a call gets 503"),
+    Setting("slow_call", _seconds(3600), "seconds before a call is logged as slow"),
+    Setting("max_stuck_calls", _positive_int, "stuck calls before a plugin fails fast"),
+    Setting("metrics_port", _port, "Prometheus port (0 = off)"),
+    Setting("metrics_host", _text, "Prometheus bind address"),
+    Setting("drain_timeout", _seconds(60), "seconds to finish calls on SIGTERM"),
+    Setting("exit_with_parent", _choice(AUTO_YES_NO), "exit when APISIX is gone"),
+    Setting("cpu", _cpu, "pin every thread to one CPU: none, auto or a number"),
 )
 
 _FIELDS = {f.name for f in dataclasses.fields(Config)}

@@ -227,12 +227,10 @@ class Connection:
         decoder = self.decoder
         while (received := decoder.next_frame()) is None:
             data = await loop.sock_recv(self.sock, RECV_SIZE)
-            if not data:
-                self._eof()
-                return None
-            if not decoder.pending and (whole := decoder.whole_frame(data)) is not None:
+            if (whole := decoder.whole_frame(data)) is not None:  # the usual read
                 return whole
-            self._feed(data)
+            if not self._held(data):
+                return None
         self._frame_done()
         return received
 
@@ -262,12 +260,10 @@ class Connection:
                 elif flags or pool.should_release() or (self.server.closing and not decoder.pending):
                     return RELEASED
                 continue
-            if not data:
-                self._eof()
-                return None
-            if not decoder.pending and (whole := decoder.whole_frame(data)) is not None:
+            if (whole := decoder.whole_frame(data)) is not None:  # the usual read
                 return whole
-            self._feed(data)
+            if not self._held(data):
+                return None
             if waiting:
                 flags = 0 if pool.may_park() else socket.MSG_DONTWAIT
             elif self.abandoned:
@@ -275,13 +271,13 @@ class Connection:
         self._frame_done()
         return received
 
-    def _eof(self) -> None:
-        """At EOF: fine between frames, ``FrameError`` inside one."""
-        if self.decoder.pending:
-            raise FrameError(f"connection closed inside a frame ({self.decoder.pending} bytes buffered)")
-
-    def _feed(self, data: bytes) -> None:
+    def _held(self, data: bytes) -> bool:
+        """Hold ``data``, part of a frame; ``False`` at EOF (``b""``) between frames, ``FrameError`` inside one."""
         decoder = self.decoder
+        if not data:
+            if decoder.pending:
+                raise FrameError(f"connection closed inside a frame ({decoder.pending} bytes buffered)")
+            return False
         if not decoder.pending:
             self.frame_started = time.monotonic()
         decoder.feed(data)
@@ -296,6 +292,7 @@ class Connection:
             self.charged = wanted
         if time.monotonic() - self.frame_started > self.server.config.frame_timeout:
             raise self.too_slow()
+        return True
 
     def _frame_done(self) -> None:
         if self.decoder.pending:

@@ -108,7 +108,7 @@ class Dispatcher:
         self.cache = cache
         self.metrics = metrics
         self.stuck = stuck or StuckCalls(16)
-        self._context = (metrics, self.stuck)  # what every phase gets after the call
+        self._watch = (metrics, self.stuck)  # what every phase gets after the call
 
     def reload(self, registry: PluginRegistry) -> None:
         """Use ``registry`` for PrepareConfs from now on; tokens already issued keep their plugins."""
@@ -123,25 +123,20 @@ class Dispatcher:
         try:
             if type_ == _REQ_CALL:  # (plain ints: an enum member costs a lookup, per call)
                 req = decode.req_call(payload)
-                call.request_id, call.conf_token = req.id, req.conf_token
-                prepared = self._lookup(req)
+                prepared = self._lookup(req, call)
                 if prepared.async_request:
-                    return Pending(self._finish(run_request_phase_async(prepared, req, call, *self._context), type_))
-                reply = frame.encode(_REQ_CALL, run_request_phase(prepared, req, call, *self._context))
+                    return Pending(self._finish(run_request_phase_async(prepared, req, call, self._watch), type_))
+                reply = frame.encode(_REQ_CALL, run_request_phase(prepared, req, call, self._watch))
             elif type_ == _PREPARE_CONF:
                 reply = frame.encode(_PREPARE_CONF, self._prepare_conf(payload, call))
             elif type_ == _RESP_CALL:
                 resp = decode.resp_call(payload)
-                call.request_id, call.conf_token = resp.id, resp.conf_token
-                prepared = self._lookup(resp)
+                prepared = self._lookup(resp, call)
                 if prepared.async_response:
-                    return Pending(self._finish(run_response_phase_async(prepared, resp, call, *self._context), type_))
-                reply = frame.encode(_RESP_CALL, run_response_phase(prepared, resp, call, *self._context))
+                    return Pending(self._finish(run_response_phase_async(prepared, resp, call, self._watch), type_))
+                reply = frame.encode(_RESP_CALL, run_response_phase(prepared, resp, call, self._watch))
             else:
                 raise DecodeError(f"unexpected message type {type_}")
-        except CallAbandoned:
-            self._count(type_, "abandoned")
-            raise
         except Exception as e:
             return self._failed(type_, e)
         self._count(type_, "ok")
@@ -151,16 +146,19 @@ class Dispatcher:
         """A pending call's reply frame (the same rules as ``handle``)."""
         try:
             reply = frame.encode(type_, await phase)
-        except CallAbandoned:
-            self._count(type_, "abandoned")
-            raise
         except Exception as e:
             return self._failed(type_, e)
         self._count(type_, "ok")
         return reply
 
     def _failed(self, type_: int, error: Exception) -> bytes:
-        """The one place an error becomes an Err frame, with its log line and metric."""
+        """The one place an error becomes an Err frame, with its log line and metric.
+
+        ``CallAbandoned`` is raised again: the caller sends nothing.
+        """
+        if isinstance(error, CallAbandoned):
+            self._count(type_, "abandoned")
+            raise error
         if isinstance(error, RunnerError):
             if isinstance(error, PluginStuck):
                 _stuck_throttle.log(log, logging.ERROR, error.plugin, "%s", error)
@@ -252,10 +250,12 @@ class Dispatcher:
             chain.append((name, plugin))
         return prepared(chain, registry)
 
-    def _lookup(self, call: decode.ReqCall | decode.RespCall) -> Prepared:
-        prepared = self.cache.get(call.conf_token)
+    def _lookup(self, req: decode.ReqCall | decode.RespCall, call: Call) -> Prepared:
+        """The prepared conf of ``req``'s token; ``call`` notes which request and token it runs."""
+        call.request_id, call.conf_token = req.id, req.conf_token
+        prepared = self.cache.get(req.conf_token)
         if prepared.error:
-            raise ConfUnusable(f"conf token {call.conf_token} is unusable: {prepared.error}")
+            raise ConfUnusable(f"conf token {req.conf_token} is unusable: {prepared.error}")
         return prepared
 
 

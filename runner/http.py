@@ -28,13 +28,17 @@ import ipaddress
 import math
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from . import aio
 from .frame import MAX_PAYLOAD
-from .headers import UNENCODABLE, Args, Headers, Load, Pairs, refuse_character
+from .headers import UNENCODABLE, Args, Headers, Load, MultiDict, Pairs, refuse_character
 from .protocol import InfoKind
 
 __all__ = ["MAX_BODY", "ExtraInfo", "InfoKind", "Request", "Response"]
+
+_M = TypeVar("_M", bound=MultiDict)
+_M_co = TypeVar("_M_co", bound=MultiDict, covariant=True)
 
 
 #: The largest body a plugin may set: one frame, minus room for the rest of the
@@ -145,6 +149,30 @@ def _checked_status(value: object) -> int:
     return value
 
 
+class _PairsAttribute(Protocol[_M_co]):
+    """A ``_pairs_attribute`` as type checkers see it: it reads as its mapping kind; any pairs can be assigned."""
+
+    def __get__(self, obj: object, owner: type | None = None) -> _M_co: ...
+    def __set__(self, obj: object, value: Pairs) -> None: ...
+
+
+def _pairs_attribute(kind: type[_M], slot: str) -> _PairsAttribute[_M]:
+    """``headers`` or ``args``: the ``kind`` mapping built on first use from what the constructor kept in
+    ``slot`` (pairs or a loader); assigning pairs replaces it, still compared with what APISIX sent."""
+
+    def get(self: Any) -> _M:
+        pairs = getattr(self, slot)
+        if not isinstance(pairs, kind):
+            pairs = kind(load=pairs)
+            setattr(self, slot, pairs)
+        return pairs
+
+    def set(self: Any, value: Pairs) -> None:
+        setattr(self, slot, kind(value, load=get(self).sent))
+
+    return property(get, set)
+
+
 class _Message:
     """What a request and a response share: lazily built ``headers``, a settable body, ``var()``."""
 
@@ -155,20 +183,23 @@ class _Message:
     _new_body: bytes | None
     _extra: ExtraInfo
 
-    @property
-    def headers(self) -> Headers:
-        headers = self._headers
-        if not isinstance(headers, Headers):
-            headers = self._headers = Headers(load=headers)
-        return headers
-
-    @headers.setter
-    def headers(self, value: Pairs) -> None:
-        self._headers = Headers(value, load=self.headers.sent)
+    headers = _pairs_attribute(Headers, "_headers")
 
     def _set_body(self, value: bytes | str) -> None:
         self._new_body = _body_bytes(value)
         self._body = value if isinstance(value, str) else self._new_body
+
+    def _asked_body(self, kind: InfoKind) -> bytes | str:
+        """The body, asked of APISIX (as ``kind``) the first time: ``b""`` if it sent none."""
+        if self._body is None:
+            self._body = self._extra.ask(kind) or b""
+        return self._body
+
+    async def _fetched_body(self, kind: InfoKind) -> bytes | str:
+        """``_asked_body`` without blocking the event loop."""
+        if self._body is None:
+            self._body = await self._extra.fetch(kind) or b""
+        return self._body
 
     def var(self, name: str) -> str | None:
         """An nginx/APISIX variable (``host``, ``remote_addr``, ``route_id``, ``cookie_x``...).
@@ -260,16 +291,7 @@ class Request(_Message):
         self._src_ip = ip
         return ip
 
-    @property
-    def args(self) -> Args:
-        args = self._args
-        if not isinstance(args, Args):
-            args = self._args = Args(load=args)
-        return args
-
-    @args.setter
-    def args(self, value: Pairs) -> None:
-        self._args = Args(value, load=self.args.sent)
+    args = _pairs_attribute(Args, "_args")
 
     def changes(self) -> tuple[str | None, list[tuple[str, list[str] | None]], list[tuple[str, list[str] | None]]]:
         """``(new path or None, header changes, arg changes)`` against what APISIX sent (see ``Headers.changes``)."""
@@ -283,9 +305,7 @@ class Request(_Message):
     @property
     def body(self) -> bytes | str:
         """The request body (``b""`` if none), asked of APISIX on first read; assign ``str`` or ``bytes``."""
-        if self._body is None:
-            self._body = self._extra.ask(InfoKind.REQ_BODY) or b""
-        return self._body
+        return self._asked_body(InfoKind.REQ_BODY)
 
     @body.setter
     def body(self, value: bytes | str) -> None:
@@ -298,9 +318,7 @@ class Request(_Message):
 
     async def fetch_body(self) -> bytes | str:
         """``body`` for async plugins: asks APISIX without blocking the event loop."""
-        if self._body is None:
-            self._body = await self._extra.fetch(InfoKind.REQ_BODY) or b""
-        return self._body
+        return await self._fetched_body(InfoKind.REQ_BODY)
 
     def __repr__(self) -> str:
         return f"<Request id={self.id} {self.method} {self.path!r}>"
@@ -351,9 +369,7 @@ class Response(_Message):
     def body(self) -> bytes | str | None:
         """The body: assign ``str`` or ``bytes`` to answer with it; in the response phase,
         reading it first asks APISIX for the upstream's (``b""`` if none)."""
-        if self._body is None and self._upstream:
-            self._body = self._extra.ask(InfoKind.RESP_BODY) or b""
-        return self._body
+        return self._asked_body(InfoKind.RESP_BODY) if self._upstream else self._body
 
     @body.setter
     def body(self, value: bytes | str) -> None:
@@ -370,9 +386,7 @@ class Response(_Message):
 
     async def fetch_body(self) -> bytes | str | None:
         """``body`` for async plugins: asks APISIX without blocking the event loop."""
-        if self._body is None and self._upstream:
-            self._body = await self._extra.fetch(InfoKind.RESP_BODY) or b""
-        return self._body
+        return await self._fetched_body(InfoKind.RESP_BODY) if self._upstream else self._body
 
     def __repr__(self) -> str:
         return f"<Response {self._status}>"

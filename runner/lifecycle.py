@@ -98,6 +98,18 @@ def watch_parent(config: Config, gone: Callable[[], None]) -> int | None:
     return os.getppid() if watch else None
 
 
+def stopping(event: str, parent: int | None, logger: logging.Logger) -> bool:
+    """Whether a main loop ends at ``event``, saying why on ``logger``: the parent is gone (its
+    "parent-gone" event, or ``os.getppid()`` is no longer ``watch_parent``'s pid), or a signal's "stop"."""
+    if event == "parent-gone" or (parent is not None and os.getppid() != parent):
+        logger.warning("the process that started us is gone: stopping")
+        return True
+    if event == "stop":
+        logger.info("stopping on signal")
+        return True
+    return False
+
+
 def _watch_stdin(gone: Callable[[], None]) -> None:
     try:
         while os.read(0, 65536):
@@ -252,8 +264,8 @@ def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> i
         event, value = events.get(tick)
         if watchdog_ping is not None:
             systemd.notify("WATCHDOG=1")
-        if parent is not None and os.getppid() != parent:
-            event = "parent-gone"
+        if stopping(event, parent, log):
+            break
         if event == "control-reload" and reloading:
             value("failed: a reload is already running; ask again when it has finished")
         elif event in ("reload", "control-reload"):
@@ -279,12 +291,6 @@ def serve(config: Config, on_ready: Callable[[Runner], None] | None = None) -> i
             for reply in waiting:
                 reply(outcome)
             waiting.clear()
-        elif event == "stop":
-            log.info("stopping on signal")
-            break
-        elif event == "parent-gone":
-            log.warning("the process that started us is gone: stopping")
-            break
         else:
             runner.tick()
             inode = runner.server.inode

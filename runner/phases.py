@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, NoReturn, Protocol
 
 from . import aio, decode, encode
 from .errors import CallAbandoned, DecodeError, PluginError, PluginStuck
@@ -113,68 +113,56 @@ def prepared(chain: list[tuple[str, Plugin]], registry: PluginRegistry) -> Prepa
 
 # --- one plugin method ------------------------------------------------------------
 
+# What every step of a phase reports to (``Dispatcher`` passes its own): the
+# metrics, if kept, and the stuck-call counts. One tuple made once, not per call.
+Watch = tuple[Metrics | None, StuckCalls | None]
+_UNWATCHED: Watch = (None, None)
+_Req = decode.ReqCall | decode.RespCall
+_Step = Callable[..., Any]  # call_filter and friends
 
-def _run(
-    name: str,
-    what: str,
-    req: decode.ReqCall | decode.RespCall,
-    call: Call,
-    metrics: Metrics | None,
-    stuck: StuckCalls | None,
-    fn: Callable[..., Any],
-    *args: object,
-) -> Any:
+
+def _run(name: str, what: str, req: _Req, call: Call, watch: Watch, fn: _Step, *args: object) -> Any:
     """Call one plugin method, as the module docstring says."""
-    _admit(name, call, stuck)
-    started = time.perf_counter() if metrics is not None else 0.0
-    failed = True
-    call.plugin = name
+    started = _admit(name, call, watch)
     try:
         result = fn(*args)
-        failed = False
-        return result
     except BaseException as e:
-        failed = _plugins_fault(e, on_loop=False)
-        if not failed:
-            raise
-        raise _failure(name, what, req, e) from e
-    finally:
-        _ran(name, call, metrics, started, failed)
+        _failed(name, what, req, call, watch, started, e, on_loop=False)
+    _ran(name, call, watch[0], started, False)
+    return result
 
 
-async def _run_async(
-    name: str,
-    what: str,
-    req: decode.ReqCall | decode.RespCall,
-    call: Call,
-    metrics: Metrics | None,
-    stuck: StuckCalls | None,
-    fn: Callable[..., Any],
-    *args: object,
-) -> Any:
+async def _run_async(name: str, what: str, req: _Req, call: Call, watch: Watch, fn: _Step, *args: object) -> Any:
     """``_run`` on the event loop: ``fn`` is awaited, or (sync) run off the loop."""
-    _admit(name, call, stuck)
-    started = time.perf_counter() if metrics is not None else 0.0
-    failed = True
-    call.plugin = name
+    started = _admit(name, call, watch)
     try:
         result = await (fn(*args) if is_async(fn) else aio.sync_step(fn, *args))
-        failed = False
-        return result
     except BaseException as e:
-        failed = _plugins_fault(e, on_loop=True)
-        if not failed:
-            raise
-        raise _failure(name, what, req, e) from e
-    finally:
-        _ran(name, call, metrics, started, failed)
+        _failed(name, what, req, call, watch, started, e, on_loop=True)
+    _ran(name, call, watch[0], started, False)
+    return result
 
 
-def _admit(name: str, call: Call, stuck: StuckCalls | None) -> None:
+def _admit(name: str, call: Call, watch: Watch) -> float:
+    """Check that the plugin may run, note it as running; its start time (0 without metrics)."""
     if call.given_up:
         raise CallAbandoned(f"the call was given up: plugin {name!r} is not run")
+    metrics, stuck = watch
     if stuck is not None and stuck.counts and stuck.over(name):
         raise PluginStuck(name, stuck.limit)
+    call.plugin = name
+    return time.perf_counter() if metrics is not None else 0.0
+
+
+def _failed(
+    name: str, what: str, req: _Req, call: Call, watch: Watch, started: float, error: BaseException, on_loop: bool
+) -> NoReturn:
+    """Raise what the plugin method's ``error`` becomes (itself, if not the plugin's fault)."""
+    failed = _plugins_fault(error, on_loop)
+    _ran(name, call, watch[0], started, failed)
+    if not failed:
+        raise error
+    raise _failure(name, what, req, error) from error
 
 
 def _plugins_fault(error: BaseException, on_loop: bool) -> bool:
@@ -205,42 +193,32 @@ def _failure(name: str, what: str, req: decode.ReqCall | decode.RespCall, error:
 def _request_objects(
     req: decode.ReqCall, call: Call, metrics: Metrics | None, on_loop: bool = False
 ) -> tuple[Request, Response]:
-    extra = ExtraInfo(_asker(call, metrics), _async_asker(call, metrics) if on_loop else None)
+    extra = _extra_info(call, metrics, on_loop)
     request = Request(req.id, req.method, lambda: req.path, lambda: req.src_ip, req.headers, req.args, extra)
     response = Response(200, (), extra)
     request.deadline = response.deadline = call.deadline
     return request, response
 
 
-def run_request_phase(
-    prepared: Prepared,
-    req: decode.ReqCall,
-    call: Call,
-    metrics: Metrics | None = None,
-    stuck: StuckCalls | None = None,
-) -> bytes:
+def run_request_phase(prepared: Prepared, req: decode.ReqCall, call: Call, watch: Watch = _UNWATCHED) -> bytes:
     """Run the request-phase chain; the HTTPReqCall.Resp payload. Plugin failures raise ``PluginError``."""
     if not prepared.request_chain:
         return encode.no_action(req.id)
-    request, response = _request_objects(req, call, metrics)
+    request, response = _request_objects(req, call, watch[0])
     for name, plugin in prepared.request_chain:
-        if _run(name, "filter", req, call, metrics, stuck, call_filter, plugin, request, response):
+        if _run(name, "filter", req, call, watch, call_filter, plugin, request, response):
             return _stop(req, response)
     return _rewrite(req, request, response)
 
 
 async def run_request_phase_async(
-    prepared: Prepared,
-    req: decode.ReqCall,
-    call: Call,
-    metrics: Metrics | None = None,
-    stuck: StuckCalls | None = None,
+    prepared: Prepared, req: decode.ReqCall, call: Call, watch: Watch = _UNWATCHED
 ) -> bytes:
     """``run_request_phase`` for a chain with an async filter."""
-    request, response = _request_objects(req, call, metrics, on_loop=True)
+    request, response = _request_objects(req, call, watch[0], on_loop=True)
     for name, plugin in prepared.request_chain:
         step = call_filter_async if is_async(type(plugin).filter) else call_filter
-        if await _run_async(name, "filter", req, call, metrics, stuck, step, plugin, request, response):
+        if await _run_async(name, "filter", req, call, watch, step, plugin, request, response):
             return _stop(req, response)
     return _rewrite(req, request, response)
 
@@ -263,9 +241,8 @@ def _rewrite(req: decode.ReqCall, request: Request, response: Response) -> bytes
     args: list[tuple[str, str | None]] = [
         (name, value) for name, values in arg_changes for value in ((None,) if values is None else values)
     ]
-    resp_headers = (
-        [(n, v) for n, v in response.headers.items() if not _ignored_by_apisix(n)] if response.headers else []
-    )
+    added = response.headers
+    resp_headers = [(n, v) for n, v in added.items() if not _ignored_by_apisix(n)] if added else []
     body = request.body_for_upstream
     if path is None and not headers and not args and not resp_headers and not body:
         return encode.no_action(req.id)
@@ -293,70 +270,62 @@ def _ignored_by_apisix(name: str) -> bool:
 
 
 def _upstream_response(resp: decode.RespCall, call: Call, metrics: Metrics | None, on_loop: bool = False) -> Response:
-    extra = ExtraInfo(_asker(call, metrics), _async_asker(call, metrics) if on_loop else None)
+    extra = _extra_info(call, metrics, on_loop)
     response = Response(resp.status, lambda: resp.headers, extra, upstream=True)
     response.deadline = call.deadline
     return response
 
 
-def run_response_phase(
-    prepared: Prepared,
-    resp: decode.RespCall,
-    call: Call,
-    metrics: Metrics | None = None,
-    stuck: StuckCalls | None = None,
-) -> bytes:
+def run_response_phase(prepared: Prepared, resp: decode.RespCall, call: Call, watch: Watch = _UNWATCHED) -> bytes:
     """Run the response-phase chain; the HTTPRespCall.Resp payload. Plugin failures raise ``PluginError``."""
-    response = _upstream_response(resp, call, metrics)
+    response = _upstream_response(resp, call, watch[0])
     for name, plugin in prepared.response_chain:
-        _run(name, "response_filter", resp, call, metrics, stuck, call_response_filter, plugin, response)
+        _run(name, "response_filter", resp, call, watch, call_response_filter, plugin, response)
     return _client_response(resp, response)
 
 
 async def run_response_phase_async(
-    prepared: Prepared,
-    resp: decode.RespCall,
-    call: Call,
-    metrics: Metrics | None = None,
-    stuck: StuckCalls | None = None,
+    prepared: Prepared, resp: decode.RespCall, call: Call, watch: Watch = _UNWATCHED
 ) -> bytes:
     """``run_response_phase`` for a chain with an async response_filter."""
-    response = _upstream_response(resp, call, metrics, on_loop=True)
+    response = _upstream_response(resp, call, watch[0], on_loop=True)
     for name, plugin in prepared.response_chain:
         step = call_response_filter_async if is_async(type(plugin).response_filter) else call_response_filter
-        await _run_async(name, "response_filter", resp, call, metrics, stuck, step, plugin, response)
+        await _run_async(name, "response_filter", resp, call, watch, step, plugin, response)
     return _client_response(resp, response)
 
 
 def _client_response(resp: decode.RespCall, response: Response) -> bytes:
     # Always the full header list: an empty one makes APISIX copy the
     # upstream's headers (minus Content-Type and friends) instead.
-    headers: list[tuple[str, str | None]] = [
-        (n, v) for n, v in response.headers.items() if n.lower() not in _HOP_BY_HOP
-    ]
+    current = response.headers
+    headers: list[tuple[str, str | None]] = [(n, v) for n, v in current.items() if n.lower() not in _HOP_BY_HOP]
     # Headers the plugins removed also get a deletion entry, so that removing
     # the last one cannot turn into "copy every upstream header".
-    headers += [(n, None) for n, values in response.headers.changes() if values is None]
-    status = response.status_code if response.status_code != resp.status else 0
+    headers += [(n, None) for n, values in current.changes() if values is None]
+    status = response.status_code
+    if status == resp.status:
+        status = 0
     return encode.resp_call(resp.id, status, headers, response.body_for_client)
 
 
 # --- ExtraInfo questions ----------------------------------------------------------------
 
 
-def _asker(call: Call, metrics: Metrics | None) -> Callable[[InfoKind, str], bytes | None]:
+def _extra_info(call: Call, metrics: Metrics | None, on_loop: bool) -> ExtraInfo:
+    """The call's ExtraInfo: each question goes on the call's connection (awaited there, on the loop)."""
+
     def ask(kind: InfoKind, name: str) -> bytes | None:
         if metrics is not None:
             metrics.extra_info(kind.name.lower())
         return decode.extra_info(call.ask(encode.extra_info(kind, name)))
 
-    return ask
+    if not on_loop:
+        return ExtraInfo(ask)
 
-
-def _async_asker(call: Call, metrics: Metrics | None) -> Callable[[InfoKind, str], Any]:
-    async def ask(kind: InfoKind, name: str) -> bytes | None:
+    async def ask_async(kind: InfoKind, name: str) -> bytes | None:
         if metrics is not None:
             metrics.extra_info(kind.name.lower())
         return decode.extra_info(await call.ask_async(encode.extra_info(kind, name)))
 
-    return ask
+    return ExtraInfo(ask, ask_async)

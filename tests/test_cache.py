@@ -254,22 +254,25 @@ def test_find_returns_the_live_token_for_the_same_key_and_conf(clock: FakeClock)
     assert cache.find("route#1#ext-plugin-pre-req#42", [("say", '{"body":"hi"}')]) == token
 
 
-def test_find_returns_none_for_an_unknown_key(clock: FakeClock) -> None:
+ROUTE = "route#1#ext-plugin-pre-req#42"
+HI, BYE = [("say", '{"body":"hi"}')], [("say", '{"body":"bye"}')]
+
+
+@pytest.mark.parametrize(
+    ("added", "asked"),
+    [
+        ((ROUTE, []), ("route#1#ext-plugin-pre-req#43", [])),
+        ((ROUTE, HI), (ROUTE, BYE)),
+        (("", []), ("", [])),  # an empty key is never looked up, even with its own conf
+    ],
+    ids=["unknown-key", "same-key-another-conf", "empty-key"],
+)
+def test_find_returns_none_for_another_key_another_conf_or_an_empty_key(
+    clock: FakeClock, added: tuple[str, list[tuple[str, str]]], asked: tuple[str, list[tuple[str, str]]]
+) -> None:
     cache = make(clock)
-    cache.add("prepared", "route#1#ext-plugin-pre-req#42", [])
-    assert cache.find("route#1#ext-plugin-pre-req#43", []) is None
-
-
-def test_find_returns_none_for_the_same_key_with_another_conf(clock: FakeClock) -> None:
-    cache = make(clock)
-    cache.add("prepared", "route#1#ext-plugin-pre-req#42", [("say", '{"body":"hi"}')])
-    assert cache.find("route#1#ext-plugin-pre-req#42", [("say", '{"body":"bye"}')]) is None
-
-
-def test_find_returns_none_for_an_empty_key(clock: FakeClock) -> None:
-    cache = make(clock)
-    cache.add("prepared", "", [])
-    assert cache.find("", []) is None
+    cache.add("prepared", *added)
+    assert cache.find(*asked) is None
 
 
 def test_find_never_returns_an_expired_token(clock: FakeClock) -> None:

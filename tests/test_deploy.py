@@ -59,6 +59,11 @@ def one(unit: dict[str, dict[str, list[str]]], section: str, key: str) -> str:
     return values[0]
 
 
+def assert_set(unit: dict[str, dict[str, list[str]]], section: str, **expected: str) -> None:
+    """Each ``key=value`` is set once in ``section`` of ``unit``, to that value."""
+    assert {key: one(unit, section, key) for key in expected} == expected
+
+
 def docs_block(name: str) -> str:
     """The shell block after ``<!-- verify: NAME -->``, which deploy/verify/systemd.sh runs verbatim."""
     text = DOCS.read_text()
@@ -134,9 +139,7 @@ def test_service_uses_nothing_newer_than_systemd_252() -> None:
 
 
 def test_service_is_type_notify_and_reload_waits_for_the_outcome() -> None:
-    assert one(SERVICE, "Service", "Type") == "notify"
-    assert one(SERVICE, "Service", "NotifyAccess") == "main"
-    assert one(SERVICE, "Service", "ExecReload") == f"{RUNNER_BIN} reload --pid $MAINPID"
+    assert_set(SERVICE, "Service", Type="notify", NotifyAccess="main", ExecReload=f"{RUNNER_BIN} reload --pid $MAINPID")
 
 
 def test_service_runs_without_a_pre_start_check() -> None:
@@ -148,24 +151,18 @@ def test_service_runs_without_a_pre_start_check() -> None:
 def test_service_restarts_with_a_start_limit_in_the_unit_section() -> None:
     # In [Service] these names are ignored by systemd >= 230: they belong in [Unit].
     assert "StartLimitBurst" not in SERVICE["Service"] and "StartLimitIntervalSec" not in SERVICE["Service"]
-    assert one(SERVICE, "Unit", "StartLimitBurst") == "5"
-    assert one(SERVICE, "Unit", "StartLimitIntervalSec") == "30s"
-    assert one(SERVICE, "Service", "Restart") == "on-failure"
+    assert_set(SERVICE, "Unit", StartLimitBurst="5", StartLimitIntervalSec="30s")
+    assert_set(SERVICE, "Service", Restart="on-failure")
 
 
 def test_service_has_watchdog_sandbox_and_socket_dependency() -> None:
-    assert one(SERVICE, "Service", "WatchdogSec") == "30s"
-    assert one(SERVICE, "Service", "DynamicUser") == "yes"
-    assert one(SERVICE, "Service", "ProtectSystem") == "strict"
-    assert one(SERVICE, "Service", "KillMode") == "mixed"
-    assert one(SERVICE, "Unit", "Requires") == "apisix-python-runner.socket"
+    assert_set(SERVICE, "Service", WatchdogSec="30s", DynamicUser="yes", ProtectSystem="strict", KillMode="mixed")
+    assert_set(SERVICE, "Unit", Requires="apisix-python-runner.socket")
 
 
 def test_socket_is_group_apisix_0660_and_removed_on_stop() -> None:
-    assert one(SOCKET, "Socket", "ListenStream") == "/run/apisix-python-runner/runner.sock"
-    assert one(SOCKET, "Socket", "SocketGroup") == "apisix"
-    assert one(SOCKET, "Socket", "SocketMode") == "0660"
-    assert one(SOCKET, "Socket", "RemoveOnStop") == "yes"
+    assert_set(SOCKET, "Socket", ListenStream="/run/apisix-python-runner/runner.sock", RemoveOnStop="yes")
+    assert_set(SOCKET, "Socket", SocketGroup="apisix", SocketMode="0660")
 
 
 def test_units_documentation_is_the_file_the_install_steps_install() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from A6.Err.Resp import Resp as ErrResp
 from helpers import StubCall, run_in_threads
 
@@ -40,12 +41,6 @@ class StopIfAsked(Plugin):
         request.headers["X-Seen"] = "1"
 
 
-def _dispatcher(clock: Clock, ttl: float = 60.0) -> Dispatcher:
-    registry = PluginRegistry()
-    registry.register(StopIfAsked)
-    return Dispatcher(registry, ConfCache[Prepared](ttl, clock=clock))
-
-
 def _frame(data: bytes) -> tuple[int, bytes]:
     decoder = FrameDecoder()
     decoder.feed(data)
@@ -54,7 +49,23 @@ def _frame(data: bytes) -> tuple[int, bytes]:
     return frame
 
 
-def _prepare(d: Dispatcher, conf: list[tuple[str, str | None]]) -> int:
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def d(clock: Clock) -> Dispatcher:
+    """A dispatcher with ``stop_if_asked`` whose tokens live 60 s on ``clock``."""
+    registry = PluginRegistry()
+    registry.register(StopIfAsked)
+    return Dispatcher(registry, ConfCache[Prepared](60, clock=clock))
+
+
+STOP_IF_ASKED: list[tuple[str, str | None]] = [("stop_if_asked", "")]
+
+
+def _prepare(d: Dispatcher, conf: list[tuple[str, str | None]] = STOP_IF_ASKED) -> int:
     type_, payload = _frame(d.handle(MessageType.PREPARE_CONF, prepare_conf_req(conf, "route#1#x#1"), StubCall()))
     assert type_ == MessageType.PREPARE_CONF
     return int.from_bytes(payload[-4:], "little")
@@ -70,18 +81,14 @@ def _err(frame: tuple[int, bytes]) -> int:
     return int(ErrResp.GetRootAs(frame[1], 0).Code())
 
 
-def test_expired_token_replies_conf_token_not_found() -> None:
-    clock = Clock()
-    d = _dispatcher(clock, ttl=60)
-    token = _prepare(d, [("stop_if_asked", "")])
+def test_expired_token_replies_conf_token_not_found(clock: Clock, d: Dispatcher) -> None:
+    token = _prepare(d)
     clock.now += 61
     assert _err(_call(d, token)) == ErrCode.CONF_TOKEN_NOT_FOUND
 
 
-def test_every_call_extends_the_token_life() -> None:
-    clock = Clock()
-    d = _dispatcher(clock, ttl=60)
-    token = _prepare(d, [("stop_if_asked", "")])
+def test_every_call_extends_the_token_life(clock: Clock, d: Dispatcher) -> None:
+    token = _prepare(d)
     for _ in range(5):
         clock.now += 50
         assert _call(d, token)[0] == MessageType.HTTP_REQ_CALL
@@ -89,26 +96,22 @@ def test_every_call_extends_the_token_life() -> None:
     assert _err(_call(d, token)) == ErrCode.CONF_TOKEN_NOT_FOUND
 
 
-def test_same_key_after_expiry_gets_a_new_live_token() -> None:
-    clock = Clock()
-    d = _dispatcher(clock, ttl=60)
-    first = _prepare(d, [("stop_if_asked", "")])
+def test_same_key_after_expiry_gets_a_new_live_token(clock: Clock, d: Dispatcher) -> None:
+    first = _prepare(d)
     clock.now += 61
-    second = _prepare(d, [("stop_if_asked", "")])
+    second = _prepare(d)
     assert second != first
     assert _call(d, second)[0] == MessageType.HTTP_REQ_CALL
 
 
-def test_reply_frames_never_have_an_empty_payload() -> None:
-    d = _dispatcher(Clock())
+def test_reply_frames_never_have_an_empty_payload(d: Dispatcher) -> None:
     for code_frame in (d.handle(0, b"", StubCall()), d.handle(1, b"", StubCall()), _call(d, 1)):
         data = code_frame if isinstance(code_frame, bytes) else encode(*code_frame)
         assert int.from_bytes(data[1:4], "big") > 0
 
 
-def test_stop_decision_belongs_to_each_call_on_a_shared_instance() -> None:
-    d = _dispatcher(Clock())
-    token = _prepare(d, [("stop_if_asked", "")])
+def test_stop_decision_belongs_to_each_call_on_a_shared_instance(d: Dispatcher) -> None:
+    token = _prepare(d)
     StopIfAsked.barrier = threading.Barrier(2)
     results: dict[str, str] = {}
     try:

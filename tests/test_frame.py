@@ -209,11 +209,17 @@ def test_decoder_returns_frame_payloads_as_immutable_bytes() -> None:
 # --- pending / truncation ----------------------------------------------------------
 
 
-def test_pending_counts_a_header_shorter_than_four_bytes() -> None:
+@pytest.mark.parametrize(
+    "held",
+    [b"", b"\x02\x00", b"\x02\x01\x00\x00\x00"],
+    ids=["nothing", "a-header-shorter-than-four-bytes", "a-header-announcing-more-than-follows"],
+)
+def test_bytes_short_of_a_frame_give_no_frame_and_count_as_pending(held: bytes) -> None:
+    # 02 01 00 00 announces 65,536 bytes: the decoder waits for them instead of failing.
     decoder = FrameDecoder()
-    decoder.feed(b"\x02\x00")
+    decoder.feed(held)
     assert decoder.next_frame() is None
-    assert decoder.pending == 2
+    assert decoder.pending == len(held)
 
 
 def test_pending_counts_a_partial_frame_until_its_last_byte_arrives() -> None:
@@ -228,20 +234,6 @@ def test_pending_counts_a_partial_frame_until_its_last_byte_arrives() -> None:
     decoder.feed(raw[-1:])
     assert decoder.next_frame() == _expected(raw)
     assert decoder.pending == 0
-
-
-def test_fresh_decoder_has_nothing_pending_and_no_frame() -> None:
-    decoder = FrameDecoder()
-    assert decoder.pending == 0
-    assert decoder.next_frame() is None
-
-
-def test_header_announcing_more_than_follows_waits_instead_of_failing() -> None:
-    # A header announcing 65,536 bytes (02 01 00 00), then one byte.
-    decoder = FrameDecoder()
-    decoder.feed(b"\x02\x01\x00\x00\x00")
-    assert decoder.next_frame() is None
-    assert decoder.pending == 5
 
 
 def test_zero_length_frame_is_decoded_as_an_empty_payload() -> None:

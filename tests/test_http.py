@@ -47,6 +47,16 @@ def plugin_failure(run: Any) -> BaseException:
     return cause
 
 
+def failure_in_line(method: Any, line: str, **request: Any) -> BaseException:
+    """What the plugin method (a ``filter``, or a ``response_filter``) raised, checking it did so in ``line``."""
+    if method.__name__ == "response_filter":
+        error = plugin_failure(lambda: run_response_filter(response_plugin(method)))
+    else:
+        error = plugin_failure(lambda: run_filter(filter_plugin(method), **request))
+    assert raising_line(error) == line
+    return error
+
+
 def raising_line(error: BaseException) -> str:
     """The source line, outside the runner, where ``error`` was raised; asserts that the
     frames below it are the runner's checks of a value (not its encoder or dispatcher)."""
@@ -67,10 +77,8 @@ def test_a_bytes_header_value_raises_in_the_plugins_line() -> None:
     def filter(self: Plugin, request: Any, response: Any) -> None:
         request.headers["X-Token"] = b"abc"
 
-    error = plugin_failure(lambda: run_filter(filter_plugin(filter)))
-    assert isinstance(error, TypeError)
-    assert "header values must be str, not bytes: decode it first" in str(error)
-    assert raising_line(error) == 'request.headers["X-Token"] = b"abc"'
+    error = failure_in_line(filter, 'request.headers["X-Token"] = b"abc"')
+    assert isinstance(error, TypeError) and "header values must be str, not bytes: decode it first" in str(error)
 
 
 @pytest.mark.parametrize(
@@ -82,30 +90,24 @@ def test_a_control_character_in_a_header_value_raises_in_the_plugins_line(bad: s
     def filter(self: Plugin, request: Any, response: Any) -> None:
         response.headers["X-Note"] = f"a{bad}b"
 
-    error = plugin_failure(lambda: run_filter(filter_plugin(filter)))
-    assert isinstance(error, ValueError)
-    assert f"header values must not contain U+{ord(bad):04X} (a " in str(error)
-    assert raising_line(error) == 'response.headers["X-Note"] = f"a{bad}b"'
+    error = failure_in_line(filter, 'response.headers["X-Note"] = f"a{bad}b"')
+    assert isinstance(error, ValueError) and f"header values must not contain U+{ord(bad):04X} (a " in str(error)
 
 
 def test_a_lone_surrogate_in_a_header_value_raises_in_the_plugins_line() -> None:
     def filter(self: Plugin, request: Any, response: Any) -> None:
         request.headers.add("X-Emoji", "\ud83d")  # half of a surrogate pair
 
-    error = plugin_failure(lambda: run_filter(filter_plugin(filter)))
-    assert isinstance(error, ValueError)
-    assert "U+D83D (a lone surrogate that cannot be encoded)" in str(error)
-    assert raising_line(error) == 'request.headers.add("X-Emoji", "\\ud83d")  # half of a surrogate pair'
+    error = failure_in_line(filter, 'request.headers.add("X-Emoji", "\\ud83d")  # half of a surrogate pair')
+    assert isinstance(error, ValueError) and "U+D83D (a lone surrogate that cannot be encoded)" in str(error)
 
 
 def test_a_bad_header_value_in_the_response_phase_raises_in_the_plugins_line() -> None:
     def response_filter(self: Plugin, response: Any) -> None:
         response.headers.setlist("X-List", ["ok", 7])
 
-    error = plugin_failure(lambda: run_response_filter(response_plugin(response_filter)))
-    assert isinstance(error, TypeError)
-    assert "header values must be str, not int: 7" in str(error)
-    assert raising_line(error) == 'response.headers.setlist("X-List", ["ok", 7])'
+    error = failure_in_line(response_filter, 'response.headers.setlist("X-List", ["ok", 7])')
+    assert isinstance(error, TypeError) and "header values must be str, not int: 7" in str(error)
 
 
 @pytest.mark.parametrize("value", [12, 10**8, None, ["a"]], ids=repr)
@@ -114,20 +116,17 @@ def test_a_body_that_is_not_str_or_bytes_raises_in_the_plugins_line(value: objec
         response.body = value
         self.stop()
 
-    error = plugin_failure(lambda: run_filter(filter_plugin(filter)))
-    assert isinstance(error, TypeError)
-    assert f"body must be str or bytes, not {type(value).__name__}" in str(error)
-    assert raising_line(error) == "response.body = value"
+    error = failure_in_line(filter, "response.body = value")
+    assert isinstance(error, TypeError) and f"body must be str or bytes, not {type(value).__name__}" in str(error)
 
 
 def test_an_oversize_body_raises_in_the_plugins_line() -> None:
     def filter(self: Plugin, request: Any, response: Any) -> None:
         request.body = b"x" * (MAX_BODY + 1)
 
-    error = plugin_failure(lambda: run_filter(filter_plugin(filter)))
+    error = failure_in_line(filter, 'request.body = b"x" * (MAX_BODY + 1)')
     assert isinstance(error, ValueError)
     assert f"body of {MAX_BODY + 1} bytes exceeds the {MAX_BODY}-byte limit" in str(error)
-    assert raising_line(error) == 'request.body = b"x" * (MAX_BODY + 1)'
 
 
 def test_an_oversize_text_body_is_measured_in_encoded_bytes() -> None:
@@ -154,10 +153,8 @@ def test_a_lone_surrogate_in_a_text_body_raises_in_the_plugins_line() -> None:
     def filter(self: Plugin, request: Any, response: Any) -> None:
         request.body = "ok \udbff"
 
-    error = plugin_failure(lambda: run_filter(filter_plugin(filter)))
-    assert isinstance(error, ValueError)
-    assert "body must not contain U+DBFF (a lone surrogate" in str(error)
-    assert raising_line(error) == 'request.body = "ok \\udbff"'
+    error = failure_in_line(filter, 'request.body = "ok \\udbff"')
+    assert isinstance(error, ValueError) and "body must not contain U+DBFF (a lone surrogate" in str(error)
 
 
 @pytest.mark.parametrize(
@@ -177,10 +174,8 @@ def test_a_bad_status_raises_in_the_plugins_line(status: object, kind: type[Exce
         response.status_code = status
         self.stop()
 
-    error = plugin_failure(lambda: run_filter(filter_plugin(filter)))
-    assert type(error) is kind
-    assert "status_code must be an HTTP status" in str(error)
-    assert raising_line(error) == "response.status_code = status"
+    error = failure_in_line(filter, "response.status_code = status")
+    assert type(error) is kind and "status_code must be an HTTP status" in str(error)
 
 
 @pytest.mark.parametrize("path", ["", "abc", "*", "http://example.com/", "/a\r\nHost: evil", "/nul\0", "/tab\t"])
@@ -188,36 +183,32 @@ def test_a_path_that_is_not_a_clean_absolute_path_raises_in_the_plugins_line(pat
     def filter(self: Plugin, request: Any, response: Any) -> None:
         request.path = path
 
-    error = plugin_failure(lambda: run_filter(filter_plugin(filter), path="/ok"))
+    error = failure_in_line(filter, "request.path = path", path="/ok")
     assert isinstance(error, ValueError)
-    assert raising_line(error) == "request.path = path"
 
 
 def test_a_bytes_path_raises_a_type_error_in_the_plugins_line() -> None:
     def filter(self: Plugin, request: Any, response: Any) -> None:
         request.path = b"/bytes"
 
-    error = plugin_failure(lambda: run_filter(filter_plugin(filter)))
+    error = failure_in_line(filter, 'request.path = b"/bytes"')
     assert isinstance(error, TypeError)
-    assert raising_line(error) == 'request.path = b"/bytes"'
 
 
 def test_a_lone_surrogate_in_an_arg_raises_in_the_plugins_line() -> None:
     def filter(self: Plugin, request: Any, response: Any) -> None:
         request.args["q"] = "\udfff"
 
-    error = plugin_failure(lambda: run_filter(filter_plugin(filter)))
+    error = failure_in_line(filter, 'request.args["q"] = "\\udfff"')
     assert isinstance(error, ValueError)
-    assert raising_line(error) == 'request.args["q"] = "\\udfff"'
 
 
 def test_a_bad_pair_in_a_whole_headers_assignment_raises_in_the_plugins_line() -> None:
     def filter(self: Plugin, request: Any, response: Any) -> None:
         response.headers = {"X-Ok": "1", "X-Bad": b"2"}
 
-    error = plugin_failure(lambda: run_filter(filter_plugin(filter)))
+    error = failure_in_line(filter, 'response.headers = {"X-Ok": "1", "X-Bad": b"2"}')
     assert isinstance(error, TypeError)
-    assert raising_line(error) == 'response.headers = {"X-Ok": "1", "X-Bad": b"2"}'
 
 
 # =============================================================================

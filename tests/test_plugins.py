@@ -22,6 +22,18 @@ def write(directory: Path, name: str, source: str) -> Path:
     return path
 
 
+def noop(cls: str, name: str | None = None, method: str = "filter") -> str:
+    """The source of a plugin class ``cls`` (with ``name`` if given) whose ``method`` does nothing."""
+    name_line = f"    name = {name!r}\n" if name is not None else ""
+    args = "self, request, response" if method == "filter" else "self, response"
+    return f"class {cls}(Plugin):\n{name_line}    def {method}({args}):\n        pass\n"
+
+
+def plugin_file(*classes: str) -> str:
+    """A plugin file defining ``classes`` (each from ``noop``)."""
+    return "\n".join(["from runner import Plugin\n", *classes])
+
+
 # --- load_plugins: what gets registered ------------------------------------------------
 
 
@@ -29,23 +41,7 @@ def test_subclasses_are_registered_under_their_name_or_lower_cased_class_name(tm
     write(
         tmp_path,
         "greeting.py",
-        """
-        from runner import Plugin
-
-        class Greeter(Plugin):
-            name = "Hello-World"
-
-            def filter(self, request, response):
-                pass
-
-        class Tagger(Plugin):
-            def filter(self, request, response):
-                pass
-
-        class After(Plugin):
-            def response_filter(self, response):
-                pass
-        """,
+        plugin_file(noop("Greeter", "Hello-World"), noop("Tagger"), noop("After", method="response_filter")),
     )
     registry = load_plugins(tmp_path)
     assert registry.names() == ["after", "hello-world", "tagger"]
@@ -61,17 +57,7 @@ def test_subclasses_are_registered_under_their_name_or_lower_cased_class_name(tm
 def test_private_files_are_not_loaded(tmp_path: Path) -> None:
     write(tmp_path, "_helpers.py", "raise RuntimeError('must not be imported')\n")
     write(tmp_path, "__init__.py", "raise RuntimeError('must not be imported either')\n")
-    write(
-        tmp_path,
-        "public.py",
-        """
-        from runner import Plugin
-
-        class Public(Plugin):
-            def filter(self, request, response):
-                pass
-        """,
-    )
+    write(tmp_path, "public.py", plugin_file(noop("Public")))
     assert load_plugins(tmp_path).names() == ["public"]
 
 
@@ -92,17 +78,7 @@ def test_imported_but_not_defined_classes_are_not_registered(tmp_path: Path, mon
     lib = tmp_path / "lib"
     lib.mkdir()
     module = "a6_test_shared_plugins_lib"
-    write(
-        lib,
-        f"{module}.py",
-        """
-        from runner import Plugin
-
-        class Shared(Plugin):
-            def filter(self, request, response):
-                pass
-        """,
-    )
+    write(lib, f"{module}.py", plugin_file(noop("Shared")))
     monkeypatch.syspath_prepend(str(lib))
     monkeypatch.delitem(sys.modules, module, raising=False)
     plugins = tmp_path / "plugins"
@@ -162,17 +138,7 @@ def test_plugin_classes_can_subclass_each_other_within_a_file(tmp_path: Path) ->
     ids=["raises", "syntax-error", "missing-import"],
 )
 def test_import_error_is_refused_naming_the_file(tmp_path: Path, source: str) -> None:
-    write(
-        tmp_path,
-        "good.py",
-        """
-        from runner import Plugin
-
-        class Good(Plugin):
-            def filter(self, request, response):
-                pass
-        """,
-    )
+    write(tmp_path, "good.py", plugin_file(noop("Good")))
     bad = write(tmp_path, "broken.py", source)
     with pytest.raises(PluginLoadError) as info:
         load_plugins(tmp_path)
@@ -181,30 +147,8 @@ def test_import_error_is_refused_naming_the_file(tmp_path: Path, source: str) ->
 
 
 def test_duplicate_plugin_name_is_rejected_at_startup_naming_both_files(tmp_path: Path) -> None:
-    first = write(
-        tmp_path,
-        "a_first.py",
-        """
-        from runner import Plugin
-
-        class One(Plugin):
-            name = "dup"
-
-            def filter(self, request, response):
-                pass
-        """,
-    )
-    second = write(
-        tmp_path,
-        "b_second.py",
-        """
-        from runner import Plugin
-
-        class Dup(Plugin):  # its class name gives the same (lower-cased) plugin name
-            def filter(self, request, response):
-                pass
-        """,
-    )
+    first = write(tmp_path, "a_first.py", plugin_file(noop("One", "dup")))
+    second = write(tmp_path, "b_second.py", plugin_file(noop("Dup")))  # its class name gives the same plugin name
     with pytest.raises(PluginLoadError) as info:
         load_plugins(tmp_path)
     message = str(info.value)
@@ -214,25 +158,7 @@ def test_duplicate_plugin_name_is_rejected_at_startup_naming_both_files(tmp_path
 
 
 def test_duplicate_plugin_name_within_one_file_is_rejected(tmp_path: Path) -> None:
-    path = write(
-        tmp_path,
-        "twice.py",
-        """
-        from runner import Plugin
-
-        class A(Plugin):
-            name = "same"
-
-            def filter(self, request, response):
-                pass
-
-        class B(Plugin):
-            name = "SAME"
-
-            def filter(self, request, response):
-                pass
-        """,
-    )
+    path = write(tmp_path, "twice.py", plugin_file(noop("A", "same"), noop("B", "SAME")))
     with pytest.raises(PluginLoadError) as info:
         load_plugins(tmp_path)
     assert info.value.path == str(path)

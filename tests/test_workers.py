@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -30,13 +31,38 @@ def _pid_of(c: ApisixClient, token: int) -> int:
     return int(dict(reply.headers)["X-Pid"])
 
 
-def _spread(proc: RunnerProcess, token: int, count: int = 24) -> dict[int, list[ApisixClient]]:
-    """Connections grouped by the worker that serves them (each keeps its worker)."""
+@contextlib.contextmanager
+def _spread(proc: RunnerProcess, token: int, count: int = 24) -> Iterator[dict[int, list[ApisixClient]]]:
+    """Connections grouped by the worker that serves them (each keeps its worker), closed afterwards."""
     by_worker: dict[int, list[ApisixClient]] = {}
-    for _ in range(count):
-        c = proc.client()
-        by_worker.setdefault(_pid_of(c, token), []).append(c)
-    return by_worker
+    try:
+        for _ in range(count):
+            c = proc.client()
+            by_worker.setdefault(_pid_of(c, token), []).append(c)
+        yield by_worker
+    finally:
+        for clients in by_worker.values():
+            for c in clients:
+                c.close()
+
+
+@contextlib.contextmanager
+def _clients(proc: RunnerProcess, count: int) -> Iterator[list[ApisixClient]]:
+    """``count`` connections held open, as APISIX pools them (so they spread), closed afterwards."""
+    clients = [proc.client() for _ in range(count)]
+    try:
+        yield clients
+    finally:
+        for c in clients:
+            c.close()
+
+
+def _plugin_dir(tmp_path: Path, name: str, source: str) -> Path:
+    """A plugin directory holding the one file ``name``."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / name).write_text(source)
+    return plugins
 
 
 @pytest.fixture
@@ -54,30 +80,21 @@ def test_a_token_prepared_on_one_worker_is_used_on_every_worker(two: RunnerProce
     assert two.proc is not None and len(_children(two.proc.pid)) == 2
     with two.client() as preparer:
         token = preparer.prepare_conf(act(pid_header="X-Pid"))
-    by_worker = _spread(two, token)
-    try:
+    with _spread(two, token) as by_worker:
         assert len(by_worker) == 2, "every connection landed on one worker"
         for pid, clients in by_worker.items():
             for c in clients:
                 assert _pid_of(c, token) == pid
-    finally:
-        for clients in by_worker.values():
-            for c in clients:
-                c.close()
 
 
 def test_a_prepare_conf_key_finds_the_same_live_token_on_every_worker(two: RunnerProcess) -> None:
     conf = act(pid_header="X-Pid")
     tokens, pids = set(), set()
-    clients = [two.client() for _ in range(24)]
-    try:
+    with _clients(two, 24) as clients:
         for c in clients:
             token = c.prepare_conf(conf, key="route#1#ext-plugin-pre-req#7")
             tokens.add(token)
             pids.add(_pid_of(c, token))  # the connection's worker also prepared it
-    finally:
-        for c in clients:
-            c.close()
     assert len(pids) == 2 and len(tokens) == 1
 
 
@@ -86,38 +103,25 @@ def test_tokens_expire_on_every_worker_after_their_ttl_without_use() -> None:
     with RunnerProcess(SUITE_PLUGINS, args=["--workers", "2"], env=env) as proc:
         with proc.client() as c:
             token = c.prepare_conf(act(pid_header="X-Pid"))
-        by_worker = _spread(proc, token)
-        try:
+        with _spread(proc, token) as by_worker:
             assert len(by_worker) == 2
             time.sleep(2.5)
             for clients in by_worker.values():
                 assert clients[0].http_req_call(token).err == ErrCode.CONF_TOKEN_NOT_FOUND
-        finally:
-            for clients in by_worker.values():
-                for c in clients:
-                    c.close()
 
 
 def test_a_killed_worker_is_started_again_and_the_other_keeps_serving(two: RunnerProcess) -> None:
     with two.client() as c:
         token = c.prepare_conf(act(pid_header="X-Pid"))
-    by_worker = _spread(two, token)
-    try:
+    with _spread(two, token) as by_worker:
         victim, survivor = sorted(by_worker)
         os.kill(victim, signal.SIGKILL)
         for c in by_worker[survivor]:
             for _ in range(5):
                 assert _pid_of(c, token) == survivor
         wait_for(lambda: "worker 0 is serving again" in two.log or "worker 1 is serving again" in two.log, "respawn")
-        fresh = _spread(two, token)  # the token, prepared before the kill, still works everywhere
-        assert len(fresh) == 2 and victim not in fresh
-        for clients in fresh.values():
-            for c in clients:
-                c.close()
-    finally:
-        for clients in by_worker.values():
-            for c in clients:
-                c.close()
+        with _spread(two, token) as fresh:  # the token, prepared before the kill, still works everywhere
+            assert len(fresh) == 2 and victim not in fresh
 
 
 VERSION = textwrap.dedent(
@@ -136,9 +140,7 @@ VERSION = textwrap.dedent(
 
 
 def test_sighup_reloads_every_worker_and_old_tokens_keep_their_code(tmp_path: Path) -> None:
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "version.py").write_text(VERSION.format(version="1"))
+    plugins = _plugin_dir(tmp_path, "version.py", VERSION.format(version="1"))
     with RunnerProcess(plugins, args=["--workers", "2"]) as proc:
         with proc.client() as c:
             old = c.prepare_conf([("version", "")], key="route#1#ext-plugin-pre-req#1")
@@ -148,8 +150,7 @@ def test_sighup_reloads_every_worker_and_old_tokens_keep_their_code(tmp_path: Pa
         with proc.client() as c:
             new = c.prepare_conf([("version", "")], key="route#1#ext-plugin-pre-req#1")
         assert new != old
-        clients = [proc.client() for _ in range(24)]  # held open, as APISIX pools them: they spread
-        try:
+        with _clients(proc, 24) as clients:
             for token, version in ((old, "1"), (new, "2")):
                 seen = set()
                 for c in clients:
@@ -157,23 +158,17 @@ def test_sighup_reloads_every_worker_and_old_tokens_keep_their_code(tmp_path: Pa
                     assert headers["X-Version"] == version
                     seen.add(headers["X-Pid"])
                 assert len(seen) == 2
-        finally:
-            for c in clients:
-                c.close()
 
 
 def test_a_reload_that_fails_keeps_the_old_plugins_in_every_worker(tmp_path: Path) -> None:
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "version.py").write_text(VERSION.format(version="1"))
+    plugins = _plugin_dir(tmp_path, "version.py", VERSION.format(version="1"))
     with RunnerProcess(plugins, args=["--workers", "2"]) as proc:
         (plugins / "broken.py").write_text("raise SystemExit(3)\n")
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "reload failed" in proc.log, "the failed reload")
         line = next(x for x in proc.log.splitlines() if "reload failed" in x)
         assert "broken.py" in line and "worker" in line
-        clients = [proc.client() for _ in range(12)]
-        try:
+        with _clients(proc, 12) as clients:
             seen = set()
             for c in clients:
                 token = c.prepare_conf([("version", "")], key="route#9#ext-plugin-pre-req#1")
@@ -181,9 +176,6 @@ def test_a_reload_that_fails_keeps_the_old_plugins_in_every_worker(tmp_path: Pat
                 assert headers["X-Version"] == "1"
                 seen.add(headers["X-Pid"])
             assert len(seen) == 2
-        finally:
-            for c in clients:
-                c.close()
 
 
 def test_sigterm_stops_every_worker_and_removes_the_socket(two: RunnerProcess) -> None:
@@ -214,11 +206,8 @@ def test_one_metrics_endpoint_sums_every_worker() -> None:
     with RunnerProcess(SUITE_PLUGINS, args=["--workers", "2", "--metrics-port", str(port)]) as proc:
         with proc.client() as c:
             token = c.prepare_conf(act(pid_header="X-Pid"))
-        by_worker = _spread(proc, token, 20)
-        assert len(by_worker) == 2
-        for clients in by_worker.values():
-            for c in clients:
-                c.close()
+        with _spread(proc, token, 20) as by_worker:
+            assert len(by_worker) == 2
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             lines = response.read().decode().splitlines()
     assert 'apisix_runner_calls_total{type="http_req_call",outcome="ok"} 20' in lines
@@ -238,9 +227,7 @@ def test_json_log_lines_of_a_worker_carry_its_index() -> None:
 
 
 def test_a_worker_started_again_serves_its_siblings_plugins_whatever_the_disk_holds(tmp_path: Path) -> None:
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "version.py").write_text(VERSION.format(version="1"))
+    plugins = _plugin_dir(tmp_path, "version.py", VERSION.format(version="1"))
     with RunnerProcess(plugins, args=["--workers", "2"]) as proc:
         (plugins / "version.py").write_text(VERSION.format(version="2"))
         proc.send_signal(signal.SIGHUP)
@@ -250,17 +237,13 @@ def test_a_worker_started_again_serves_its_siblings_plugins_whatever_the_disk_ho
         assert proc.proc is not None
         os.kill(_children(proc.proc.pid)[0], signal.SIGKILL)
         wait_for(lambda: "is serving again" in proc.log, "the respawn")
-        clients = [proc.client() for _ in range(24)]
-        try:
+        with _clients(proc, 24) as clients:
             seen = {}
             for c in clients:
                 token = c.prepare_conf([("version", "")], key="route#1#ext-plugin-pre-req#1")
                 headers = dict(c.http_req_call(token).headers)
                 seen.setdefault(headers["X-Pid"], set()).add(headers["X-Version"])
             assert len(seen) == 2 and all(versions == {"2"} for versions in seen.values()), seen
-        finally:
-            for c in clients:
-                c.close()
 
 
 SPAWNER = textwrap.dedent(
@@ -288,9 +271,7 @@ SPAWNER = textwrap.dedent(
 
 @pytest.mark.parametrize("fork", [False, True], ids=["popen", "fork"])
 def test_a_worker_whose_plugin_left_a_child_running_is_started_again_when_killed(tmp_path: Path, fork: bool) -> None:
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "spawner.py").write_text(SPAWNER.format(fork=fork))
+    plugins = _plugin_dir(tmp_path, "spawner.py", SPAWNER.format(fork=fork))
     children = []
     with RunnerProcess(plugins, args=["--workers", "2"]) as proc:
         try:
@@ -304,11 +285,10 @@ def test_a_worker_whose_plugin_left_a_child_running_is_started_again_when_killed
             victim = int(headers["X-Pid"])
             os.kill(victim, signal.SIGKILL)
             wait_for(lambda: "is serving again" in proc.log, "the respawn")
-            by_worker = _spread(proc, token)
-            for clients in by_worker.values():
-                for c in clients:
-                    children.append(int(dict(c.http_req_call(token).headers)["X-Child"]))
-                    c.close()
+            with _spread(proc, token) as by_worker:
+                for clients in by_worker.values():
+                    for c in clients:
+                        children.append(int(dict(c.http_req_call(token).headers)["X-Child"]))
             assert len(by_worker) == 2 and victim not in by_worker
         finally:
             for child in children:

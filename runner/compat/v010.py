@@ -99,6 +99,23 @@ class Base:
         raise NotImplementedError
 
 
+def _read_on_first_use(name: str, doc: str) -> property:
+    """A plain, settable dict attribute ``name``, read from the runner request's on first use (``collapsed``)."""
+    attr = f"_{name}"
+
+    def get(self: Request010) -> dict[str, Any]:
+        value: dict[str, Any] | None = getattr(self, attr)
+        if value is None:
+            value = collapsed(getattr(self._source, name))
+            setattr(self, attr, value)
+        return value
+
+    def set(self: Request010, value: dict[str, Any]) -> None:
+        setattr(self, attr, value)
+
+    return property(get, set, doc=doc)
+
+
 class Request010(Request):
     """A 0.1.0 ``request``: plain read/write attributes. Changing them sends nothing."""
 
@@ -113,27 +130,8 @@ class Request010(Request):
         self._headers: dict[str, Any] | None = None
         self._args: dict[str, Any] | None = None
 
-    @property
-    def headers(self) -> dict[str, Any]:
-        """Header names as APISIX sent them (lower case), each with its last value."""
-        if self._headers is None:
-            self._headers = collapsed(self._source.headers)
-        return self._headers
-
-    @headers.setter
-    def headers(self, headers: dict[str, Any]) -> None:
-        self._headers = headers
-
-    @property
-    def args(self) -> dict[str, Any]:
-        """Query arguments, each with its last value (a bare ``?flag`` is ``""``)."""
-        if self._args is None:
-            self._args = collapsed(self._source.args)
-        return self._args
-
-    @args.setter
-    def args(self, args: dict[str, Any]) -> None:
-        self._args = args
+    headers = _read_on_first_use("headers", "Header names as APISIX sent them (lower case), each with its last value.")
+    args = _read_on_first_use("args", 'Query arguments, each with its last value (a bare ``?flag`` is ``""``).')
 
 
 class Response010(Response):

@@ -24,6 +24,7 @@ legacy class by ``discover``) runs it with these rules:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from runner import Plugin
@@ -53,6 +54,40 @@ class PluginBase:
         """Read and change ``req``; set something on ``reps`` to answer the client instead."""
 
 
+def _dict_methods(attr: str) -> tuple[Callable[..., Any], Callable[..., bool], Callable[..., Any], Callable[..., bool]]:
+    """0.2.0's four methods over the ``Fields`` in ``self.<attr>``: get one, set one, get all, set all."""
+
+    def get_one(self: Any, key: str) -> Any:
+        fields: Fields = getattr(self, attr)
+        return fields.get(key)
+
+    def set_one(self: Any, key: str, value: Any) -> bool:
+        fields: Fields = getattr(self, attr)
+        return fields.set(key, value)
+
+    def get_all(self: Any) -> Any:
+        fields: Fields = getattr(self, attr)
+        return fields.all()
+
+    def set_all(self: Any, values: Any) -> bool:
+        fields: Fields = getattr(self, attr)
+        return fields.replace(values)
+
+    return get_one, set_one, get_all, set_all
+
+
+def _setter(attr: str) -> Callable[[Any, Any], bool]:
+    """A 0.2.0 setter of ``self.<attr>``: an empty value is refused (``False``), as in the official runner."""
+
+    def set_value(self: Any, value: Any) -> bool:
+        if not value:
+            return False
+        setattr(self, attr, value)
+        return True
+
+    return set_value
+
+
 class Request020(Request):
     """A 0.2.0 ``request``: ``get_*``/``set_*`` methods over the call's runner request."""
 
@@ -70,30 +105,8 @@ class Request020(Request):
         self._configs: dict[str, Any] = {}  # the official runner filled it only at PrepareConf
 
     # headers and args: live dicts, last value per name
-
-    def get_header(self, key: str) -> Any:
-        return self._headers.get(key)
-
-    def set_header(self, key: str, value: Any) -> bool:
-        return self._headers.set(key, value)
-
-    def get_headers(self) -> Any:
-        return self._headers.all()
-
-    def set_headers(self, headers: Any) -> bool:
-        return self._headers.replace(headers)
-
-    def get_arg(self, key: str) -> Any:
-        return self._args.get(key)
-
-    def set_arg(self, key: str, value: Any) -> bool:
-        return self._args.set(key, value)
-
-    def get_args(self) -> Any:
-        return self._args.all()
-
-    def set_args(self, args: Any) -> bool:
-        return self._args.replace(args)
+    get_header, set_header, get_headers, set_headers = _dict_methods("_headers")
+    get_arg, set_arg, get_args, set_args = _dict_methods("_args")
 
     def get_uri(self) -> str:
         return self._source.path if self._uri is None else self._uri
@@ -122,11 +135,7 @@ class Request020(Request):
     def get_body(self) -> Any:
         return self._body if self._body else latin1(self._source.body)
 
-    def set_body(self, body: Any) -> bool:
-        if not body:
-            return False
-        self._body = body
-        return True
+    set_body = _setter("_body")
 
     # local values
 
@@ -142,29 +151,17 @@ class Request020(Request):
     def get_remote_addr(self) -> str:
         return exploded(self._source.src_ip) if self._remote_addr is None else self._remote_addr
 
-    def set_remote_addr(self, addr: Any) -> bool:
-        if not addr:
-            return False
-        self._remote_addr = addr
-        return True
+    set_remote_addr = _setter("_remote_addr")
 
     def get_id(self) -> int:
         return self._id
 
-    def set_id(self, id: Any) -> bool:
-        if not id:
-            return False
-        self._id = id
-        return True
+    set_id = _setter("_id")
 
     def get_conf_token(self) -> int:
         return self._conf_token
 
-    def set_conf_token(self, token: Any) -> bool:
-        if not token:
-            return False
-        self._conf_token = token
-        return True
+    set_conf_token = _setter("_conf_token")
 
     def get_config(self, key: str) -> Any:
         return self._configs.get(key)
@@ -178,11 +175,7 @@ class Request020(Request):
     def get_configs(self) -> dict[str, Any]:
         return self._configs
 
-    def set_configs(self, configs: Any) -> bool:
-        if not configs:
-            return False
-        self._configs = configs
-        return True
+    set_configs = _setter("_configs")
 
     def apply(self) -> None:
         """Set what the plugin changed (path, headers, args) on the runner request."""
@@ -204,26 +197,12 @@ class Response020(Response):
         self._status = 0
         self._req_id = request_id
 
-    def get_header(self, key: str) -> Any:
-        return self._headers.get(key)
-
-    def set_header(self, key: str, value: Any) -> bool:
-        return self._headers.set(key, value)
-
-    def get_headers(self) -> Any:
-        return self._headers.all()
-
-    def set_headers(self, headers: Any) -> bool:
-        return self._headers.replace(headers)
+    get_header, set_header, get_headers, set_headers = _dict_methods("_headers")
 
     def get_body(self) -> Any:
         return self._body
 
-    def set_body(self, body: Any) -> bool:
-        if not body:
-            return False
-        self._body = body
-        return True
+    set_body = _setter("_body")
 
     def get_status_code(self) -> int:
         return self._status or 200
@@ -237,11 +216,7 @@ class Response020(Response):
     def get_req_id(self) -> int:
         return self._req_id
 
-    def set_req_id(self, id: Any) -> bool:
-        if not id:
-            return False
-        self._req_id = id
-        return True
+    set_req_id = _setter("_req_id")
 
     def changed(self) -> bool:
         """Whether the call stops: a body, a header or a status was set."""

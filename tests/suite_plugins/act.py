@@ -38,6 +38,29 @@ def _raise_base(kind):
     raise _BASE.get(kind, Custom)(f"{kind} from the plugin")
 
 
+def _raise_if_asked(c):
+    if "raise" in c:
+        raise RuntimeError(c["raise"])
+    if "raise_base" in c:
+        _raise_base(c["raise_base"])
+
+
+def _edit(pairs, c, what):
+    """The set_<what> {n: v}, add_<what> [[n, v]] and del_<what> [n] keys of ``c``, on headers or args."""
+    for name, value in c.get(f"set_{what}", {}).items():
+        pairs[name] = value
+    for name, value in c.get(f"add_{what}", []):
+        pairs.add(name, value)
+    for name in c.get(f"del_{what}", []):
+        del pairs[name]
+
+
+def _vars_to_headers(message, c):
+    for var, header in c.get("vars_to_headers", {}).items():
+        value = message.var(var)
+        message.headers[header] = "<absent>" if value is None else f"<{value}>"
+
+
 class Act(Plugin):
     name = "act"
 
@@ -49,12 +72,9 @@ class Act(Plugin):
 
     def filter(self, request, response):
         c = self.config
-        if "raise" in c:
-            raise RuntimeError(c["raise"])
+        _raise_if_asked(c)
         if c.get("raise_path"):
             raise RuntimeError(f"no route for {request.path}")
-        if "raise_base" in c:
-            _raise_base(c["raise_base"])
         if "sleep" in c:
             time.sleep(c["sleep"])
         if c.get("hang"):
@@ -73,21 +93,9 @@ class Act(Plugin):
             _ = (list(request.headers), list(request.args), request.headers.get("host"), request.args.getlist("a"))
         if "path" in c:
             request.path = c["path"]
-        for name, value in c.get("set_headers", {}).items():
-            request.headers[name] = value
-        for name, value in c.get("add_headers", []):
-            request.headers.add(name, value)
-        for name in c.get("del_headers", []):
-            del request.headers[name]
-        for name, value in c.get("set_args", {}).items():
-            request.args[name] = value
-        for name, value in c.get("add_args", []):
-            request.args.add(name, value)
-        for name in c.get("del_args", []):
-            del request.args[name]
-        for var, header in c.get("vars_to_headers", {}).items():
-            value = request.var(var)
-            request.headers[header] = "<absent>" if value is None else f"<{value}>"
+        _edit(request.headers, c, "headers")
+        _edit(request.args, c, "args")
+        _vars_to_headers(request, c)
         if "threaded_vars" in c:  # ask every var at once, each from its own thread
             answers = {}
             threads = [
@@ -121,19 +129,9 @@ class Act(Plugin):
 
     def response_filter(self, response):
         c = self.config.get("resp", {})
-        if "raise" in c:
-            raise RuntimeError(c["raise"])
-        if "raise_base" in c:
-            _raise_base(c["raise_base"])
-        for name, value in c.get("set_headers", {}).items():
-            response.headers[name] = value
-        for name, value in c.get("add_headers", []):
-            response.headers.add(name, value)
-        for name in c.get("del_headers", []):
-            del response.headers[name]
-        for var, header in c.get("vars_to_headers", {}).items():
-            value = response.var(var)
-            response.headers[header] = "<absent>" if value is None else f"<{value}>"
+        _raise_if_asked(c)
+        _edit(response.headers, c, "headers")
+        _vars_to_headers(response, c)
         if "status" in c:
             response.status_code = c["status"]
         if c.get("body_upper"):
