@@ -21,22 +21,10 @@ from A6.PrepareConf.Resp import Resp as PrepareConfResp
 from .. import frame
 from ..frame import HEADER_LEN
 from ..protocol import ErrCode, InfoKind, MessageType
+from . import wire
 from .reasons import LogTail
 from .vocab import ConfInput, PairsInput, conf_pairs, ip_bytes, pairs
-from .wire import (
-    ConfRejected,
-    ProtocolViolation,
-    ReqCallReply,
-    RespCallReply,
-    answer_extra_info,
-    decode_req_call_reply,
-    decode_resp_call_reply,
-    encode_frame,
-    err_code,
-    prepare_conf_req,
-    req_call_req,
-    resp_call_req,
-)
+from .wire import ConfRejected, ProtocolViolation, ReqCallReply, RespCallReply
 
 Bodies = dict[int, bytes | None]
 
@@ -64,7 +52,7 @@ class ApisixClient:
 
     # frames
     def send_frame(self, type_: int, payload: bytes) -> None:
-        self.sock.sendall(encode_frame(type_, payload))
+        self.sock.sendall(wire.encode_frame(type_, payload))
 
     def recv_exactly(self, n: int) -> bytes:
         chunks, left = [], n
@@ -99,10 +87,10 @@ class ApisixClient:
         it raises ``ConfRejected`` with the runner's reason instead, unless
         ``check=False``.
         """
-        self._send(MessageType.PREPARE_CONF, prepare_conf_req(None if conf is None else conf_pairs(conf), key))
+        self._send(MessageType.PREPARE_CONF, wire.prepare_conf_req(None if conf is None else conf_pairs(conf), key))
         type_, payload = self.read_frame()
         if type_ == MessageType.ERROR:
-            code = err_code(payload)
+            code = wire.err_code(payload)
             raise ConfRejected(self._reason() or f"PrepareConf refused with {code.name}", code)
         if type_ != MessageType.PREPARE_CONF:
             raise ProtocolViolation(f"PrepareConf answered with a type-{type_} frame")
@@ -129,9 +117,9 @@ class ApisixClient:
         while True:
             type_, reply = self.read_frame()
             if type_ == MessageType.EXTRA_INFO:
-                self.send_frame(MessageType.EXTRA_INFO, answer_extra_info(reply, vars or {}, bodies, asked))
+                self.send_frame(MessageType.EXTRA_INFO, wire.answer_extra_info(reply, vars or {}, bodies, asked))
             elif type_ == MessageType.ERROR:
-                return None, err_code(reply), self._reason(token), asked
+                return None, wire.err_code(reply), self._reason(token), asked
             elif type_ == call_type:
                 return reply, None, None, asked
             else:
@@ -156,7 +144,7 @@ class ApisixClient:
         body: bytes | None = None,
     ) -> ReqCallReply:
         """One HTTPReqCall, answering ExtraInfo questions from ``vars`` and ``body``."""
-        payload = req_call_req(
+        payload = wire.req_call_req(
             id=self._id(id),
             token=token,
             method=method,
@@ -168,7 +156,7 @@ class ApisixClient:
         out, err, reason, asked = self._exchange(
             MessageType.HTTP_REQ_CALL, payload, token, vars, {InfoKind.REQ_BODY: body}
         )
-        reply = ReqCallReply(err=err, reason=reason) if out is None else decode_req_call_reply(out)
+        reply = ReqCallReply(err=err, reason=reason) if out is None else wire.decode_req_call_reply(out)
         reply.asked = asked
         return reply
 
@@ -184,9 +172,9 @@ class ApisixClient:
         request_body: bytes | None = None,
     ) -> RespCallReply:
         """One HTTPRespCall for an upstream response (``body`` answers RespBody questions)."""
-        payload = resp_call_req(id=self._id(id), token=token, status=status, headers=pairs(headers))
+        payload = wire.resp_call_req(id=self._id(id), token=token, status=status, headers=pairs(headers))
         bodies: dict[int, bytes | None] = {InfoKind.REQ_BODY: request_body, InfoKind.RESP_BODY: body}
         out, err, reason, asked = self._exchange(MessageType.HTTP_RESP_CALL, payload, token, vars, bodies)
-        reply = RespCallReply(err=err, reason=reason) if out is None else decode_resp_call_reply(out)
+        reply = RespCallReply(err=err, reason=reason) if out is None else wire.decode_resp_call_reply(out)
         reply.asked = asked
         return reply

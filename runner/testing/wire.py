@@ -9,7 +9,7 @@ runner cannot hide itself. Slot numbers come from ``runner.protocol``.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import flatbuffers
@@ -75,8 +75,17 @@ def _entries(b: flatbuffers.Builder, pairs: Pairs) -> int:
     return int(b.EndVector())
 
 
-def _done(b: flatbuffers.Builder, root: int) -> bytes:
-    b.Finish(root)
+Field = tuple[Callable[..., None], int, int | None]
+
+
+def _root_table(b: flatbuffers.Builder, table: type, fields: list[Field]) -> bytes:
+    """The finished buffer of one root ``table``: each field is (the builder's Prepend*Slot, slot, value);
+    a ``None`` value is left out, as APISIX leaves out what it has not got."""
+    b.StartObject(slot_count(table))
+    for prepend, slot, value in fields:
+        if value is not None:
+            prepend(slot, value, 0)
+    b.Finish(b.EndObject())
     return bytes(b.Output())
 
 
@@ -84,11 +93,8 @@ def prepare_conf_req(conf: Pairs | None, key: str) -> bytes:
     b = flatbuffers.Builder(256)
     cv = _entries(b, conf) if conf is not None else None
     kv = b.CreateString(key)
-    b.StartObject(slot_count(PrepareConfReq))
-    b.PrependUOffsetTRelativeSlot(PrepareConfReq.KEY, kv, 0)
-    if cv is not None:
-        b.PrependUOffsetTRelativeSlot(PrepareConfReq.CONF, cv, 0)
-    return _done(b, b.EndObject())
+    offset = b.PrependUOffsetTRelativeSlot
+    return _root_table(b, PrepareConfReq, [(offset, PrepareConfReq.KEY, kv), (offset, PrepareConfReq.CONF, cv)])
 
 
 def req_call_req(*, id: int, token: int, method: str, path: str, args: Pairs, headers: Pairs, src_ip: bytes) -> bytes:
@@ -97,35 +103,42 @@ def req_call_req(*, id: int, token: int, method: str, path: str, args: Pairs, he
     p = b.CreateString(_b(path))
     av = _entries(b, args)  # APISIX always sends both vectors, empty or not
     hv = _entries(b, headers)
-    b.StartObject(slot_count(HTTPReqCallReq))
-    b.PrependUint32Slot(HTTPReqCallReq.CONF_TOKEN, token, 0)
-    b.PrependUOffsetTRelativeSlot(HTTPReqCallReq.HEADERS, hv, 0)
-    b.PrependUOffsetTRelativeSlot(HTTPReqCallReq.ARGS, av, 0)
-    b.PrependUOffsetTRelativeSlot(HTTPReqCallReq.PATH, p, 0)
-    b.PrependUint8Slot(HTTPReqCallReq.METHOD, METHODS.index(method), 0)
-    b.PrependUOffsetTRelativeSlot(HTTPReqCallReq.SRC_IP, ip, 0)
-    b.PrependUint32Slot(HTTPReqCallReq.ID, id, 0)
-    return _done(b, b.EndObject())
+    offset, u32 = b.PrependUOffsetTRelativeSlot, b.PrependUint32Slot
+    return _root_table(
+        b,
+        HTTPReqCallReq,
+        [
+            (u32, HTTPReqCallReq.CONF_TOKEN, token),
+            (offset, HTTPReqCallReq.HEADERS, hv),
+            (offset, HTTPReqCallReq.ARGS, av),
+            (offset, HTTPReqCallReq.PATH, p),
+            (b.PrependUint8Slot, HTTPReqCallReq.METHOD, METHODS.index(method)),
+            (offset, HTTPReqCallReq.SRC_IP, ip),
+            (u32, HTTPReqCallReq.ID, id),
+        ],
+    )
 
 
 def resp_call_req(*, id: int, token: int, status: int, headers: Pairs) -> bytes:
     b = flatbuffers.Builder(512)
     hv = _entries(b, headers)
-    b.StartObject(slot_count(HTTPRespCallReq))
-    b.PrependUint32Slot(HTTPRespCallReq.CONF_TOKEN, token, 0)
-    b.PrependUOffsetTRelativeSlot(HTTPRespCallReq.HEADERS, hv, 0)
-    b.PrependUint16Slot(HTTPRespCallReq.STATUS, status, 0)
-    b.PrependUint32Slot(HTTPRespCallReq.ID, id, 0)
-    return _done(b, b.EndObject())
+    u32 = b.PrependUint32Slot
+    return _root_table(
+        b,
+        HTTPRespCallReq,
+        [
+            (u32, HTTPRespCallReq.CONF_TOKEN, token),
+            (b.PrependUOffsetTRelativeSlot, HTTPRespCallReq.HEADERS, hv),
+            (b.PrependUint16Slot, HTTPRespCallReq.STATUS, status),
+            (u32, HTTPRespCallReq.ID, id),
+        ],
+    )
 
 
 def extra_info_resp(result: bytes | None) -> bytes:
     b = flatbuffers.Builder(64 + (len(result) if result else 0))
     rv = b.CreateByteVector(result) if result is not None else None
-    b.StartObject(slot_count(ExtraInfoResp))
-    if rv is not None:
-        b.PrependUOffsetTRelativeSlot(ExtraInfoResp.RESULT, rv, 0)
-    return _done(b, b.EndObject())
+    return _root_table(b, ExtraInfoResp, [(b.PrependUOffsetTRelativeSlot, ExtraInfoResp.RESULT, rv)])
 
 
 # --- reply decoders (generic readers) ---------------------------------------
