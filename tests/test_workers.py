@@ -263,6 +263,8 @@ SPAWNER = textwrap.dedent(
             else:
                 # close_fds=False (or os.system, os.posix_spawn): the child keeps what is inheritable
                 child = subprocess.Popen(["sleep", "300"], close_fds=False, start_new_session=True).pid
+            with open({spawned!r}, "a") as f:  # every child, for the test to end them
+                f.write(f"{{child}}\\n")
             request.headers["X-Child"] = str(child)
             request.headers["X-Pid"] = str(os.getpid())
     """
@@ -271,25 +273,26 @@ SPAWNER = textwrap.dedent(
 
 @pytest.mark.parametrize("fork", [False, True], ids=["popen", "fork"])
 def test_a_worker_whose_plugin_left_a_child_running_is_started_again_when_killed(tmp_path: Path, fork: bool) -> None:
-    plugins = _plugin_dir(tmp_path, "spawner.py", SPAWNER.format(fork=fork))
-    children = []
+    spawned = tmp_path / "spawned"
+    plugins = _plugin_dir(tmp_path, "spawner.py", SPAWNER.format(fork=fork, spawned=str(spawned)))
     with RunnerProcess(plugins, args=["--workers", "2"]) as proc:
         try:
             with proc.client() as c:
                 token = c.prepare_conf([("spawner", "")])
                 headers = dict(c.http_req_call(token).headers)
-            children.append(int(headers["X-Child"]))
+            child = int(headers["X-Child"])
             if not fork:  # an exec'd child inherits none of the worker's sockets
-                fds = os.listdir(f"/proc/{children[0]}/fd")
-                assert not [fd for fd in fds if os.readlink(f"/proc/{children[0]}/fd/{fd}").startswith("socket:")]
+                fds = os.listdir(f"/proc/{child}/fd")
+                assert not [fd for fd in fds if os.readlink(f"/proc/{child}/fd/{fd}").startswith("socket:")]
             victim = int(headers["X-Pid"])
             os.kill(victim, signal.SIGKILL)
             wait_for(lambda: "is serving again" in proc.log, "the respawn")
             with _spread(proc, token) as by_worker:
                 for clients in by_worker.values():
                     for c in clients:
-                        children.append(int(dict(c.http_req_call(token).headers)["X-Child"]))
+                        assert "X-Child" in dict(c.http_req_call(token).headers)
             assert len(by_worker) == 2 and victim not in by_worker
         finally:
-            for child in children:
-                os.kill(child, signal.SIGKILL)
+            for child in map(int, spawned.read_text().split()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
