@@ -196,3 +196,15 @@ def test_the_defaults_of_plugin_base_return_none_and_change_nothing() -> None:
             return "quiet"
 
     assert run_filter(compat.adapt(Quiet), **REFERENCE_REQUEST).action == "none"
+
+
+def test_setters_take_the_official_runners_keywords() -> None:
+    def by_keyword(conf: Any, request: Any, response: Any) -> None:
+        assert request.set_headers(headers={"x-a": "1"}) and request.set_args(args={"q": "2"})
+        assert request.set_remote_addr(remote_addr="10.0.0.1") and request.set_body(body="up")
+        assert request.set_id(id=5) and request.set_conf_token(conf_token=6)
+        assert response.set_headers(headers={"x-b": "3"}) and response.set_body(body="down")
+
+    out = run_filter(plugin(by_keyword))
+    assert out.err is None, out.reason
+    assert (out.action, out.body, out.headers) == ("stop", b"down", [("x-b", "3")])

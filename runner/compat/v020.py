@@ -25,7 +25,7 @@ legacy class by ``discover``) runs it with these rules:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from runner import Plugin
 from runner import Request as RunnerRequest
@@ -54,6 +54,9 @@ class PluginBase:
         """Read and change ``req``; set something on ``reps`` to answer the client instead."""
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
 def _dict_methods(attr: str) -> tuple[Callable[..., Any], Callable[..., bool], Callable[..., Any], Callable[..., bool]]:
     """0.2.0's four methods over the ``Fields`` in ``self.<attr>``: get one, set one, get all, set all."""
 
@@ -73,11 +76,14 @@ def _dict_methods(attr: str) -> tuple[Callable[..., Any], Callable[..., bool], C
         fields: Fields = getattr(self, attr)
         return fields.replace(values)
 
-    return get_one, set_one, get_all, set_all
+    return get_one, set_one, get_all, _named(set_all, "self", attr.lstrip("_"))
 
 
-def _setter(attr: str) -> Callable[[Any, Any], bool]:
-    """A 0.2.0 setter of ``self.<attr>``: an empty value is refused (``False``), as in the official runner."""
+def _setter(attr: str, param: str) -> Callable[[Any, Any], bool]:
+    """A 0.2.0 setter of ``self.<attr>``: an empty value is refused (``False``), as in the official runner.
+
+    Its parameter is named ``param``, as there.
+    """
 
     def set_value(self: Any, value: Any) -> bool:
         if not value:
@@ -85,7 +91,14 @@ def _setter(attr: str) -> Callable[[Any, Any], bool]:
         setattr(self, attr, value)
         return True
 
-    return set_value
+    return _named(set_value, "self", param)
+
+
+def _named(fn: F, *params: str) -> F:
+    """``fn`` with its first parameters renamed ``params``: the official runner's names, for keyword callers."""
+    code = fn.__code__
+    fn.__code__ = code.replace(co_varnames=params + code.co_varnames[len(params) :])
+    return fn
 
 
 class Request020(Request):
@@ -135,7 +148,7 @@ class Request020(Request):
     def get_body(self) -> Any:
         return self._body if self._body else latin1(self._source.body)
 
-    set_body = _setter("_body")
+    set_body = _setter("_body", "body")
 
     # local values
 
@@ -151,17 +164,17 @@ class Request020(Request):
     def get_remote_addr(self) -> str:
         return exploded(self._source.src_ip) if self._remote_addr is None else self._remote_addr
 
-    set_remote_addr = _setter("_remote_addr")
+    set_remote_addr = _setter("_remote_addr", "remote_addr")
 
     def get_id(self) -> int:
         return self._id
 
-    set_id = _setter("_id")
+    set_id = _setter("_id", "id")
 
     def get_conf_token(self) -> int:
         return self._conf_token
 
-    set_conf_token = _setter("_conf_token")
+    set_conf_token = _setter("_conf_token", "conf_token")
 
     def get_config(self, key: str) -> Any:
         return self._configs.get(key)
@@ -175,7 +188,7 @@ class Request020(Request):
     def get_configs(self) -> dict[str, Any]:
         return self._configs
 
-    set_configs = _setter("_configs")
+    set_configs = _setter("_configs", "configs")
 
     def apply(self) -> None:
         """Set what the plugin changed (path, headers, args) on the runner request."""
@@ -202,7 +215,7 @@ class Response020(Response):
     def get_body(self) -> Any:
         return self._body
 
-    set_body = _setter("_body")
+    set_body = _setter("_body", "body")
 
     def get_status_code(self) -> int:
         return self._status or 200
@@ -216,7 +229,7 @@ class Response020(Response):
     def get_req_id(self) -> int:
         return self._req_id
 
-    set_req_id = _setter("_req_id")
+    set_req_id = _setter("_req_id", "id")
 
     def changed(self) -> bool:
         """Whether the call stops: a body, a header or a status was set."""
