@@ -45,7 +45,11 @@ boot() {  # name: start a fresh copy, set LEADER (the machine's PID 1, as seen f
         > "$WORK/$name-console.log" 2>&1 &
     NSPAWN=$!
     echo "$NSPAWN" > "$WORK/$name.pid"
-    local _; for _ in $(seq 100); do LEADER=$(pgrep -P "$NSPAWN" | head -1) && [ -n "$LEADER" ] && break; sleep 0.1; done
+    # nspawn's first child is a short-lived intermediate: wait for the one that runs systemd as PID 1.
+    local _; for _ in $(seq 100); do
+        LEADER=$(pgrep -P "$NSPAWN" | head -1) && [ -n "$LEADER" ] && [ "$(cat "/proc/$LEADER/comm" 2>/dev/null)" = systemd ] && break
+        sleep 0.1
+    done
     m systemctl is-system-running --wait >/dev/null 2>&1 || true
 }
 m() { nsenter -t "$LEADER" -a /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
