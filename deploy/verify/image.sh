@@ -7,6 +7,8 @@
 #   SKIP_BASE=1   keep the base images already tagged
 #   MIRROR=... SECURITY_MIRROR=...   passed to build-base.sh (default: its pinned snapshot)
 source "$(dirname "$0")/lib.sh"
+# The example plugins the image ships (plugins/*.py): the counts below follow them.
+NPLUGINS=$(find "$REPO/plugins" -maxdepth 1 -name "*.py" | wc -l)
 IMAGE=${IMAGE:-apisix-python-runner:verify}
 BIN=/opt/apisix-runner/bin/apisix-python-runner
 VOL=a6-verify
@@ -64,7 +66,7 @@ else fail "docker build from a group-writable checkout (see $WORK/build.log)"; f
 
 # --- defaults: check and health work without arguments ---------------------------------
 out=$(dr --read-only "$IMAGE" check 2>&1) && rc=0 || rc=$?
-check "docker run IMAGE check: exit 0 with the example plugins" contains "$rc:$out" "0:" "ok: 6 plugin(s) from /etc/apisix-runner/plugins"
+check "docker run IMAGE check: exit 0 with the example plugins" contains "$rc:$out" "0:" "ok: $NPLUGINS plugin(s) from /etc/apisix-runner/plugins"
 out=$(dr "$IMAGE" check 2>&1) && rc=0 || rc=$?
 check "... also without --read-only (the plugin directory audit: root's files, mode 0644)" test "$rc" = 0
 out=$(dr --read-only "$IMAGE" health 2>&1) && rc=0 || rc=$?
@@ -88,7 +90,7 @@ check "HEALTHCHECK (health --pid 1) turns the container healthy (status $status,
 out=$(dr --read-only --user 636:636 -v "$VOL:/run/a6" "$IMAGE" health 2>&1) || true
 check "APISIX's uid 636 reaches the socket through the shared volume" test "$out" = ok
 out=$(docker exec a6-runner $BIN reload --pid 1 2>&1) && rc=0 || rc=$?
-check "docker exec reload --pid 1: exit 0 ($out)" contains "$rc:$out" "0:ok: reloaded 6 plugin(s)"
+check "docker exec reload --pid 1: exit 0 ($out)" contains "$rc:$out" "0:ok: reloaded $NPLUGINS plugin(s)"
 out=$(docker exec a6-runner $BIN reload --pid 4242 2>&1) && rc=0 || rc=$?
 check "reload --pid of no runner: exit 2 ($out)" test "$rc" = 2
 
@@ -108,7 +110,7 @@ printf 'import time\n\nfrom runner import Plugin\n\n\nclass Sleepy(Plugin):\n   
 docker volume rm -f "$VOL" >/dev/null; docker volume create "$VOL" >/dev/null
 docker run -d --name a6-plugins --network none --read-only -v "$VOL:/run/a6" -v "$plugins:/etc/apisix-runner/plugins:ro" "$IMAGE" >/dev/null
 logged a6-plugins "serving on" || true
-check "host plugin directory mounted :ro: the runner serves its 7 plugins" contains "$(docker logs a6-plugins 2>&1)" "serving on /run/a6/runner.sock with 7 plugin(s)"
+check "host plugin directory mounted :ro: the runner serves its $((NPLUGINS + 1)) plugins" contains "$(docker logs a6-plugins 2>&1)" "serving on /run/a6/runner.sock with $((NPLUGINS + 1)) plugin(s)"
 echo 'raise RuntimeError("broken on purpose")' > "$plugins/broken.py"
 out=$(docker exec a6-plugins $BIN reload --pid 1 2>&1) && rc=0 || rc=$?
 check "a broken plugin: docker exec reload --pid 1 exits 1 naming the file and the exception (rc=$rc)" \
@@ -153,7 +155,7 @@ for f in plugins/*.py; do ln -s "..data/$(basename "$f")" "$cm/$(basename "$f")"
 chown -R 0:636 "$cm" && chmod 2755 "$cm" "$cm/$stamp" && chmod 0644 "$cm/$stamp"/*.py
 cm_check() { dr -v "$cm:/etc/apisix-runner/plugins$1" "$IMAGE" check 2>&1; }  # ":ro" or ""
 out=$(cm_check :ro) && rc=0 || rc=$?
-check "ConfigMap layout mounted read-only: check passes, 6 plugins, each once (rc=$rc)" contains "$rc:$out" "0:" "ok: 6 plugin(s)"
+check "ConfigMap layout mounted read-only: check passes, $NPLUGINS plugins, each once (rc=$rc)" contains "$rc:$out" "0:" "ok: $NPLUGINS plugin(s)"
 out=$(cm_check "") && rc=0 || rc=$?
 check "... mounted read-write it passes too: its owners and modes are safe by themselves (rc=$rc)" test "$rc" = 0
 chmod 0664 "$cm/$stamp"/*.py  # defaultMode: 0664
