@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +35,66 @@ def test_symlinks_planted_in_the_socket_directory_leave_their_target_untouched(s
     assert stat.S_IMODE(victim.stat().st_mode) == 0o600
     assert victim.read_text() == "root's secret"
     assert not [p for p in short_dir.iterdir() if p.name.startswith(".a6-") and p.is_dir()]  # no private dir left
+
+
+def _swap_every_new_entry(shared: Path, keep: set[str], victim: Path, victim_dir: Path, done: threading.Event) -> None:
+    """The attacker: each new entry of ``shared`` becomes a symlink to a victim, as soon as seen."""
+    seen = set(keep)
+    n = 0
+    while not done.is_set():
+        for name in os.listdir(shared):
+            if name in seen or name.startswith("~"):  # ``~``: the attacker's own names
+                continue
+            seen.add(name)
+            n += 1
+            entry = shared / name
+            with contextlib.suppress(OSError):  # lost the race for this one: the runner removed it
+                if entry.is_dir() and not entry.is_symlink():
+                    os.rename(entry, shared / f"~moved{n}")
+                    os.symlink(victim_dir, entry)
+                else:
+                    os.symlink(victim, shared / f"~link{n}")
+                    os.rename(shared / f"~link{n}", entry)
+
+
+def test_entries_swapped_for_symlinks_while_runners_start_leave_the_victims_untouched(short_dir: Path) -> None:
+    victim = short_dir / "victim"
+    victim.write_text("root's secret")
+    victim.chmod(0o600)
+    victim_dir = short_dir / "victim-dir"
+    victim_dir.mkdir(mode=0o700)
+    (victim_dir / "keep").write_text("kept")
+    shared = short_dir / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: anyone may add entries
+    sock = shared / "r.sock"
+    done = threading.Event()
+    attacker = threading.Thread(target=_swap_every_new_entry, args=(shared, {"r.sock"}, victim, victim_dir, done))
+    attacker.start()
+    outcomes = []
+    try:
+        for _ in range(20):
+            proc = RunnerProcess(SUITE_PLUGINS, socket_path=str(sock), args=["--socket-mode", "0766"])
+            try:
+                with proc:
+                    with proc.client() as c:
+                        assert c.http_req_call(c.prepare_conf(None)).action == "none"
+                    assert proc.stop(timeout=5) == 0
+                    outcomes.append("served")
+            except RuntimeError:  # it exited before getting ready
+                assert proc.proc is not None and proc.proc.returncode == 1
+                errors = [line for line in proc.log.splitlines() if " ERROR " in line or " CRITICAL " in line]
+                assert len(errors) == 1 and str(sock) in errors[0], proc.log
+                outcomes.append("refused")
+            finally:
+                proc.__exit__(None, None, None)
+    finally:
+        done.set()
+        attacker.join(10)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600 and victim.read_text() == "root's secret"
+    assert stat.S_IMODE(victim_dir.stat().st_mode) == 0o700
+    assert os.listdir(victim_dir) == ["keep"] and (victim_dir / "keep").read_text() == "kept"
+    assert len(outcomes) == 20
 
 
 def test_a_symlink_at_the_socket_path_is_refused_and_its_target_untouched(short_dir: Path) -> None:
