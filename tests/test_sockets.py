@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import signal
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -148,6 +152,46 @@ def test_a_takeover_is_logged_on_both_sides() -> None:
             assert "another runner has bound it" in old.log
             with new.client() as c:
                 assert c.http_req_call(c.prepare_conf(None)).action == "none"
+
+
+@pytest.mark.parametrize("parent", ["nginx", "sh"])
+def test_replace_socket_auto_takes_over_only_when_apisix_spawned_the_runner(short_dir: Path, parent: str) -> None:
+    # APISIX's nginx owns the path it gives ext-plugin.cmd: the runner it spawns on a reload takes
+    # it over. The same command from a shell finds a live runner there and leaves it alone.
+    shell = short_dir / parent
+    shutil.copy("/bin/sh", shell)  # /proc/PID/comm is the executable's name
+    with RunnerProcess(SUITE_PLUGINS, socket_path=str(short_dir / "r.sock")) as first:
+        log = short_dir / "second.log"
+        run = (
+            f"{sys.executable} -m runner run --socket {first.socket_path} --plugins {SUITE_PLUGINS}"
+            f" --replace-socket auto 2>{log}; echo exit=$? >>{log}"
+        )
+        env = dict(os.environ, APISIX_CONF_EXPIRE_TIME="3600")
+        spawner = subprocess.Popen([str(shell), "-c", run], stdin=subprocess.PIPE, env=env)
+        try:
+            if parent == "nginx":
+                wait_for(lambda: "no longer ours" in first.log, "the first runner to notice the takeover")
+                assert f"taking over {first.socket_path} from the runner serving it" in log.read_text()
+                assert first.stop() == 0
+                with first.client() as c:  # the path is the second runner's now
+                    assert c.http_req_call(c.prepare_conf(None)).action == "none"
+            else:
+                assert spawner.wait(30) == 0
+                lines = log.read_text().splitlines()
+                assert lines[-1] == "exit=1"
+                refused = [line for line in lines if f"another runner is serving {first.socket_path}" in line]
+                assert len(refused) == 1 and "replace_socket = yes" in refused[0]
+                assert "no longer ours" not in first.log
+                with first.client() as c:
+                    assert c.http_req_call(c.prepare_conf(None)).action == "none"
+        finally:
+            if spawner.poll() is None:  # the second runner still runs under it
+                with open(f"/proc/{spawner.pid}/task/{spawner.pid}/children") as f:
+                    for pid in f.read().split():
+                        os.kill(int(pid), signal.SIGTERM)
+            assert spawner.stdin is not None
+            spawner.stdin.close()
+            spawner.wait(30)
 
 
 def test_a_stale_socket_is_replaced_without_asking(short_dir: Path) -> None:
