@@ -243,6 +243,8 @@ class Dispatcher:
                 if converted is not None:
                     plugin.config = converted
             except BaseException as e:  # whatever a plugin raises fails its conf, not the runner
+                if call is not None and self.metrics is not None:  # counted at PrepareConf, not per rebuild
+                    self.metrics.plugin_error(name)
                 return _unusable(f"plugin {name!r} rejected its conf: {describe(e)}")
             finally:
                 if call is not None:

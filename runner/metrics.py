@@ -75,6 +75,11 @@ class Metrics:
             if failed:
                 self._plugin_errors[name] += 1
 
+    def plugin_error(self, name: str) -> None:
+        """An exception a plugin raised outside a timed call: its ``configure`` rejected a conf."""
+        with self._lock:
+            self._plugin_errors[name] += 1
+
     def extra_info(self, kind: str) -> None:
         with self._lock:
             self._extra_info[kind] += 1

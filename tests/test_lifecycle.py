@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import cli, wait_for
+from helpers import cli, status_kib, wait_for
 
 from runner.testing import RunnerProcess, answer_extra_info, decode_req_call_reply, req_call_req
 
@@ -218,3 +218,41 @@ def test_a_process_a_plugin_starts_gets_sigterm_and_sigterm_still_drains(
     finally:
         for child in children:
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_plugin_directory_made_group_writable_under_a_running_runner_fails_the_reload(plugins: Path) -> None:
+    with RunnerProcess(plugins) as proc, proc.client() as c:
+        token = c.prepare_conf([("version", "")])
+        plugins.chmod(0o775)
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload failed" in proc.log, "the refused reload")
+        line = proc.log.split("reload failed")[1].splitlines()[0]
+        assert f"{plugins} (owner uid {os.getuid()}, mode 0775) is writable by its group" in line
+        assert _version(c, token) == [("X-Version", "1")]  # the old set keeps serving
+        assert _version(c, c.prepare_conf([("version", "")], key="route#2#ext-plugin-pre-req#1")) == [
+            ("X-Version", "1")
+        ]
+        result = cli("check", "--plugins", str(plugins))
+        assert result.returncode == 1
+        assert f"{plugins} (owner uid {os.getuid()}, mode 0775)" in result.stdout + result.stderr
+        assert proc.stop(signal.SIGTERM, timeout=5) == 0
+
+
+@pytest.mark.parametrize("kind", ["zero", "fifo"])
+def test_a_device_or_fifo_named_py_fails_the_reload_in_one_line_without_growing(plugins: Path, kind: str) -> None:
+    with RunnerProcess(plugins) as proc, proc.client() as c:
+        token = c.prepare_conf([("version", "")])
+        assert proc.proc is not None
+        rss = status_kib(proc.proc.pid, "VmRSS")
+        name = f"{kind}.py"
+        if kind == "zero":
+            os.symlink("/dev/zero", plugins / name)
+        else:
+            os.mkfifo(plugins / name)
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload failed" in proc.log, "the refused reload")
+        failed = [line for line in proc.log.splitlines() if "reload failed" in line]
+        assert len(failed) == 1 and f"{name}: is not a regular file" in failed[0]
+        assert status_kib(proc.proc.pid, "VmRSS") < rss + 64 * 1024
+        assert _version(c, token) == [("X-Version", "1")]
+        assert proc.stop(signal.SIGTERM, timeout=5) == 0

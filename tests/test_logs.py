@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 from runner.errors import ErrCode
@@ -133,3 +134,53 @@ def test_a_rejected_conf_is_logged_without_its_value(apisix_runner: RunnerProces
     log = apisix_runner.log
     assert "plugin 'act' rejected its conf: ValueError: act needs a JSON object" in log
     assert secret not in log
+
+
+FORGED = "\n2099-01-01 00:00:00,000 CRITICAL runner: FORGED"
+
+TELLER = textwrap.dedent(
+    """
+    import logging
+
+    from runner import Plugin
+
+    class Teller(Plugin):
+        name = "teller"
+
+        def configure(self, config):
+            if config == "forge":
+                raise ValueError("bad" + FORGED)
+
+        def filter(self, request, response):
+            logging.getLogger("plugin").warning("path %s", request.path)
+    """
+).replace("FORGED", repr(FORGED))
+
+
+def _one_escaped_forged_record(log: str) -> str:
+    records = [line for line in log.splitlines() if not line.startswith("    ")]  # continuation lines are indented
+    assert not [line for line in records if line.startswith("2099-")]
+    forged = [line for line in records if "FORGED" in line]
+    assert all("\\n2099-01-01 00:00:00,000 CRITICAL runner: FORGED" in line for line in forged)
+    # Besides the DEBUG reasons the test client reads, one record: the one an operator sees.
+    shown = [line for line in forged if " DEBUG " not in line]
+    assert len(shown) == 1, forged
+    return shown[0]
+
+
+def test_a_forged_record_logged_by_a_plugin_gives_one_escaped_line(short_dir: Path) -> None:
+    (short_dir / "teller.py").write_text(TELLER)
+    with RunnerProcess(short_dir) as proc, proc.client() as c:
+        token = c.prepare_conf([("teller", "")])
+        assert c.http_req_call(token, path="/x" + FORGED).err is None
+        line = _one_escaped_forged_record(proc.log)
+    assert "WARNING plugin: path /x\\n2099" in line
+
+
+def test_a_forged_record_in_a_configure_rejection_gives_one_escaped_line(short_dir: Path) -> None:
+    (short_dir / "teller.py").write_text(TELLER)
+    with RunnerProcess(short_dir) as proc, proc.client() as c:
+        token = c.prepare_conf([("teller", json.dumps("forge"))], check=False)
+        assert c.http_req_call(token).err == ErrCode.SERVICE_UNAVAILABLE
+        line = _one_escaped_forged_record(proc.log)
+    assert "plugin 'teller' rejected its conf: ValueError: bad\\n2099" in line

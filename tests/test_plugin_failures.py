@@ -155,12 +155,16 @@ def metered() -> Iterator[tuple[RunnerProcess, int]]:
         yield proc, port
 
 
-def _errors(port: int) -> int:
+def _counters(port: int, type_name: str) -> tuple[int, int]:
+    """``act``'s plugin_errors_total, and the calls of ``type_name`` answered 503."""
+    errors = unavailable = 0
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         for line in response.read().decode().splitlines():
             if line.startswith('apisix_runner_plugin_errors_total{plugin="act"}'):
-                return int(line.split()[-1])
-    return 0
+                errors = int(line.split()[-1])
+            elif line.startswith(f'apisix_runner_calls_total{{type="{type_name}",outcome="service_unavailable"}}'):
+                unavailable = int(line.split()[-1])
+    return errors, unavailable
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -172,15 +176,21 @@ def test_any_base_exception_is_a_503_an_error_metric_and_one_log_line(
     conf = {"filter": {"raise_base": kind}, "response_filter": {"resp": {"raise_base": kind}}}.get(
         phase, {"configure_raise_base": kind}
     )
-    before = _errors(port)
+    type_name = "http_resp_call" if phase == "response_filter" else "http_req_call"
+    errors, unavailable = _counters(port, type_name)
+    logged = len(proc.log)
     with proc.client() as c:
         token = c.prepare_conf(act(**conf), key=f"route#{kind}#{phase}#1", check=False)
         if phase == "response_filter":
             assert c.http_resp_call(token, headers=[("Content-Type", "text/plain")]).err == ErrCode.SERVICE_UNAVAILABLE
         else:
             assert c.http_req_call(token).err == ErrCode.SERVICE_UNAVAILABLE
-    if phase != "configure":  # a rejected conf is logged once at PrepareConf, not counted per call
-        assert _errors(port) == before + 1
+    # A rejected conf is logged and counted as a plugin error once, at PrepareConf; its calls are 503s.
+    assert _counters(port, type_name) == (errors + 1, unavailable + 1)
+    records = [line for line in proc.log[logged:].splitlines() if not line.startswith((" ", "Traceback"))]
+    failures = [line for line in records if " ERROR " in line or " CRITICAL " in line]
+    assert len(failures) == 1, failures
+    assert "plugin 'act'" in failures[0] and kind in failures[0]
     assert "Exception in thread" not in proc.log
     with proc.client() as c:  # the process and the pool are fine
         assert c.http_req_call(c.prepare_conf(None)).action == "none"

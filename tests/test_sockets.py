@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +39,66 @@ def test_symlinks_planted_in_the_socket_directory_leave_their_target_untouched(s
     assert stat.S_IMODE(victim.stat().st_mode) == 0o600
     assert victim.read_text() == "root's secret"
     assert not [p for p in short_dir.iterdir() if p.name.startswith(".a6-") and p.is_dir()]  # no private dir left
+
+
+def _swap_every_new_entry(shared: Path, keep: set[str], victim: Path, victim_dir: Path, done: threading.Event) -> None:
+    """The attacker: each new entry of ``shared`` becomes a symlink to a victim, as soon as seen."""
+    seen = set(keep)
+    n = 0
+    while not done.is_set():
+        for name in os.listdir(shared):
+            if name in seen or name.startswith("~"):  # ``~``: the attacker's own names
+                continue
+            seen.add(name)
+            n += 1
+            entry = shared / name
+            with contextlib.suppress(OSError):  # lost the race for this one: the runner removed it
+                if entry.is_dir() and not entry.is_symlink():
+                    os.rename(entry, shared / f"~moved{n}")
+                    os.symlink(victim_dir, entry)
+                else:
+                    os.symlink(victim, shared / f"~link{n}")
+                    os.rename(shared / f"~link{n}", entry)
+
+
+def test_entries_swapped_for_symlinks_while_runners_start_leave_the_victims_untouched(short_dir: Path) -> None:
+    victim = short_dir / "victim"
+    victim.write_text("root's secret")
+    victim.chmod(0o600)
+    victim_dir = short_dir / "victim-dir"
+    victim_dir.mkdir(mode=0o700)
+    (victim_dir / "keep").write_text("kept")
+    shared = short_dir / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: anyone may add entries
+    sock = shared / "r.sock"
+    done = threading.Event()
+    attacker = threading.Thread(target=_swap_every_new_entry, args=(shared, {"r.sock"}, victim, victim_dir, done))
+    attacker.start()
+    outcomes = []
+    try:
+        for _ in range(20):
+            proc = RunnerProcess(SUITE_PLUGINS, socket_path=str(sock), args=["--socket-mode", "0766"])
+            try:
+                with proc:
+                    with proc.client() as c:
+                        assert c.http_req_call(c.prepare_conf(None)).action == "none"
+                    assert proc.stop(timeout=5) == 0
+                    outcomes.append("served")
+            except RuntimeError:  # it exited before getting ready
+                assert proc.proc is not None and proc.proc.returncode == 1
+                errors = [line for line in proc.log.splitlines() if " ERROR " in line or " CRITICAL " in line]
+                assert len(errors) == 1 and str(sock) in errors[0], proc.log
+                outcomes.append("refused")
+            finally:
+                proc.__exit__(None, None, None)
+    finally:
+        done.set()
+        attacker.join(10)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600 and victim.read_text() == "root's secret"
+    assert stat.S_IMODE(victim_dir.stat().st_mode) == 0o700
+    assert os.listdir(victim_dir) == ["keep"] and (victim_dir / "keep").read_text() == "kept"
+    assert len(outcomes) == 20
 
 
 def test_a_symlink_at_the_socket_path_is_refused_and_its_target_untouched(short_dir: Path) -> None:
@@ -86,6 +152,46 @@ def test_a_takeover_is_logged_on_both_sides() -> None:
             assert "another runner has bound it" in old.log
             with new.client() as c:
                 assert c.http_req_call(c.prepare_conf(None)).action == "none"
+
+
+@pytest.mark.parametrize("parent", ["nginx", "sh"])
+def test_replace_socket_auto_takes_over_only_when_apisix_spawned_the_runner(short_dir: Path, parent: str) -> None:
+    # APISIX's nginx owns the path it gives ext-plugin.cmd: the runner it spawns on a reload takes
+    # it over. The same command from a shell finds a live runner there and leaves it alone.
+    shell = short_dir / parent
+    shutil.copy("/bin/sh", shell)  # /proc/PID/comm is the executable's name
+    with RunnerProcess(SUITE_PLUGINS, socket_path=str(short_dir / "r.sock")) as first:
+        log = short_dir / "second.log"
+        run = (
+            f"{sys.executable} -m runner run --socket {first.socket_path} --plugins {SUITE_PLUGINS}"
+            f" --replace-socket auto 2>{log}; echo exit=$? >>{log}"
+        )
+        env = dict(os.environ, APISIX_CONF_EXPIRE_TIME="3600")
+        spawner = subprocess.Popen([str(shell), "-c", run], stdin=subprocess.PIPE, env=env)
+        try:
+            if parent == "nginx":
+                wait_for(lambda: "no longer ours" in first.log, "the first runner to notice the takeover")
+                assert f"taking over {first.socket_path} from the runner serving it" in log.read_text()
+                assert first.stop() == 0
+                with first.client() as c:  # the path is the second runner's now
+                    assert c.http_req_call(c.prepare_conf(None)).action == "none"
+            else:
+                assert spawner.wait(30) == 0
+                lines = log.read_text().splitlines()
+                assert lines[-1] == "exit=1"
+                refused = [line for line in lines if f"another runner is serving {first.socket_path}" in line]
+                assert len(refused) == 1 and "replace_socket = yes" in refused[0]
+                assert "no longer ours" not in first.log
+                with first.client() as c:
+                    assert c.http_req_call(c.prepare_conf(None)).action == "none"
+        finally:
+            if spawner.poll() is None:  # the second runner still runs under it
+                with open(f"/proc/{spawner.pid}/task/{spawner.pid}/children") as f:
+                    for pid in f.read().split():
+                        os.kill(int(pid), signal.SIGTERM)
+            assert spawner.stdin is not None
+            spawner.stdin.close()
+            spawner.wait(30)
 
 
 def test_a_stale_socket_is_replaced_without_asking(short_dir: Path) -> None:
