@@ -6,10 +6,14 @@ Rules:
   is a task; ``submit`` queues it and a free thread takes it. Nothing else
   starts threads, so a flood of connections costs queue entries, not threads.
 * A thread that has answered a call may keep its connection, blocked in
-  ``recv`` for the next frame ("parked"), only while ``spare`` other threads
-  are free and nothing waits in the queue: a busy connection then pays no
-  hand-off per call (the cost the benchmark measures), and the threads that
-  are needed elsewhere are never parked. A parked thread wakes every
+  ``recv`` for the next frame ("parked"), only while ``spare`` threads would
+  still be free once the queued tasks are taken: a busy connection then pays
+  no hand-off per call (the cost the benchmark measures), and the threads
+  that are needed elsewhere are never parked. A queued task alone is no
+  reason to give a connection back while free threads can take it at once:
+  releasing then queued the connection's next frame in turn, and busy
+  connections cascaded through the selector (pinned, 64 connections:
+  0.76x the calls/s of thread-per-connection, 0.89x without; bench/README.md). A parked thread wakes every
   ``park_interval`` (the socket's receive timeout) and gives its connection
   back to the selector as soon as ``should_release`` says the pool needs it.
 * A thread whose call is past its deadline is *retired* (``retire``): another
@@ -61,12 +65,6 @@ class WorkerPool(Generic[T]):
         self._stopping = False
 
     # --- what the connections ask -------------------------------------------
-
-    # A queued task is no reason to give a connection back while free threads
-    # outnumber the queue: one of them takes it at once. Releasing then sent
-    # busy connections through the selector in a cascade (each release queues
-    # the next frame), costing a hand-off per call: at 64 connections, pinned,
-    # 0.76x the calls/s of thread-per-connection (bench/run.py).
 
     def may_park(self) -> bool:
         """Whether a thread that has just answered may keep its connection."""

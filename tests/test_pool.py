@@ -6,6 +6,7 @@ import socket
 
 from helpers import RUNNER_THREADS, SUITE_PLUGINS, act, run_in_threads, thread_count, wait_for
 
+from runner.pool import WorkerPool
 from runner.testing import RunnerProcess, req_call_req
 
 
@@ -82,3 +83,20 @@ def test_threads_stay_bounded_while_many_calls_sleep_in_plugins() -> None:
 
 def _req_call_frame(token: int) -> bytes:
     return req_call_req(id=1, token=token, method="GET", path="/", args=[], headers=[], src_ip=b"\x7f\0\0\1")
+
+
+def test_a_queued_task_that_free_threads_can_take_at_once_leaves_connections_parked() -> None:
+    pool: WorkerPool[str] = WorkerPool(8, lambda task, worker: None, spare=1)
+    pool.start()
+    try:
+        wait_for(lambda: pool.free == 8, "every pool thread to wait for work")
+        with pool._lock:  # the queue as the free threads are about to find it
+            pool._tasks.extend(["a", "b"])  # 8 free threads for 2 tasks: 6 stay free
+            assert pool.may_park() and not pool.should_release()
+            pool._tasks.extend(["c"] * 5)  # 7 tasks: only the spare thread would be left
+            assert not pool.may_park() and not pool.should_release()
+            pool._tasks.extend(["d"] * 2)  # more tasks than free threads: give connections back
+            assert pool.should_release()
+    finally:
+        pool.stop()
+        pool.join(5)
