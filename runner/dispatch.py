@@ -187,22 +187,24 @@ class Dispatcher:
 
     def _prepare_conf(self, payload: decode.Buffer, call: Call) -> bytes:
         req = decode.prepare_conf(payload)
-        failed: list[str] = []
+        built: list[Prepared] = []
 
         def build() -> tuple[Prepared, bool]:
             registry = self.registry
             prepared = self.prepare(req.conf, registry, call)
-            if prepared.error:
-                failed.append(prepared.error)
+            built.append(prepared)
             # Built with plugins a reload has replaced meanwhile: valid, but not
             # to be found again by key (the next PrepareConf must use new code).
             return prepared, self.registry is registry
 
         token = self.cache.issue(req.key, req.conf, len(payload), build)
-        if failed:
-            # Still a token: a refused PrepareConf would make APISIX retry
-            # under its global lock; the calls on this token fail instead.
-            log.error("conf token %d (key %r) fails every call with 503: %s", token, req.key, failed[0])
+        # Still a token: a refused PrepareConf would make APISIX retry under
+        # its global lock; the calls on this token fail instead. Said once at
+        # ERROR when built, and at DEBUG each time the key finds it again.
+        error = built[0].error if built else self._known_error(token)
+        if error:
+            level = logging.ERROR if built else logging.DEBUG
+            log.log(level, "conf token %d (key %r) fails every call with 503: %s", token, req.key, error)
         return encode.prepare_conf(token)
 
     def prepare(
@@ -251,6 +253,13 @@ class Dispatcher:
                     call.plugin = None
             chain.append((name, plugin))
         return prepared(chain, registry)
+
+    def _known_error(self, token: int) -> str | None:
+        """Why the token a PrepareConf's key found fails its calls (``None``: it does not)."""
+        try:
+            return self.cache.get(token).error
+        except TokenNotFound:  # gone since (another worker's token, expired): the calls will say so
+            return None
 
     def _lookup(self, req: decode.ReqCall | decode.RespCall, call: Call) -> Prepared:
         """The prepared conf of ``req``'s token; ``call`` notes which request and token it runs."""

@@ -86,3 +86,11 @@ def test_an_unknown_plugin_fails_an_authors_test_with_the_runners_reason(tmp_pat
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "ConfRejected: unknown plugin 'tga'" in result.stdout
+
+
+def test_a_rejected_conf_found_again_by_its_key_is_rejected_again(runner: RunnerProcess) -> None:
+    # A later test of the same module prepares the same route: the runner reuses the token by key.
+    key = "route#again#ext-plugin-pre-req#1"
+    for _ in range(2):
+        with runner.client() as c, pytest.raises(ConfRejected, match="unknown plugin 'no_such'"):
+            c.prepare_conf({"no_such": {}}, key=key)
