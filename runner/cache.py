@@ -159,7 +159,8 @@ class ConfCache(Generic[T]):
             if entry.expires <= now:
                 self._drop(token)
                 raise TokenNotFound(f"conf token {token} expired")
-            self._touch(token, entry, now)
+            entry.expires = now + self.ttl  # ``_touch``, inlined: this is every call's path
+            self._entries.move_to_end(token)
             return entry.value
 
     def forget_keys(self) -> None:

@@ -118,7 +118,8 @@ class Connection:
             if self.resumed is not None:  # a call back from the event loop: its reply first
                 reply, close = self.resumed
                 self.resumed = None
-                self._release_charge()
+                if self.charged:
+                    self._release_charge()
                 self.send(reply)
                 if close or server.closing:
                     self.close()
@@ -149,7 +150,8 @@ class Connection:
                 reply = result
                 if not call.finish():
                     return  # given up: the watchdog answers it and closes
-                self._release_charge()
+                if self.charged:  # (most frames arrive whole and are never charged)
+                    self._release_charge()
                 self.send(reply)
                 if server.closing:
                     self.close()

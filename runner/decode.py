@@ -282,10 +282,13 @@ class ReqCall:
     __slots__ = ("id", "conf_token", "method", "_table", "_spent")
 
     def __init__(self, payload: Buffer) -> None:
-        table = _root(payload)
-        method = table.u8(HTTPReqCallReq.METHOD)
-        self.id = table.u32(HTTPReqCallReq.ID)
-        self.conf_token = table.u32(HTTPReqCallReq.CONF_TOKEN)
+        try:
+            table = _root(payload)
+            method = table.u8(HTTPReqCallReq.METHOD)
+            self.id = table.u32(HTTPReqCallReq.ID)
+            self.conf_token = table.u32(HTTPReqCallReq.CONF_TOKEN)
+        except struct.error as e:
+            raise DecodeError(f"HTTPReqCall.Req: {e}") from None
         self.method = METHODS[method] if method < len(METHODS) else f"METHOD_{method}"
         self._table = table
         self._spent: dict[int, int] | None = None  # slot -> what decoding it cost (most calls read nothing)
@@ -306,9 +309,11 @@ class ReqCall:
 
     def _part(self, slot: int, what: str, read: Callable[[_Table, int, int, str], tuple[T, int]]) -> T:
         spent = self._spent
-        if spent is None:
+        left = _budget(self._table._buf)
+        if spent is None:  # the first part read (most calls read one, or none)
             spent = self._spent = {}
-        left = _budget(self._table._buf) - sum(spent.values()) + spent.get(slot, 0)
+        else:
+            left += spent.get(slot, 0) - sum(spent.values())
         try:
             value, spent[slot] = read(self._table, slot, left, what)
         except struct.error as e:
@@ -328,12 +333,8 @@ def prepare_conf(payload: Buffer) -> PrepareConf:
         raise DecodeError(f"PrepareConf.Req: {e}") from None
 
 
-def req_call(payload: Buffer) -> ReqCall:
-    """Decode an ``A6.HTTPReqCall.Req`` (its path, address, args and headers on first use)."""
-    try:
-        return ReqCall(payload)
-    except struct.error as e:
-        raise DecodeError(f"HTTPReqCall.Req: {e}") from None
+#: Decode an ``A6.HTTPReqCall.Req`` (its path, address, args and headers on first use).
+req_call = ReqCall
 
 
 def resp_call(payload: Buffer) -> RespCall:

@@ -139,7 +139,8 @@ class Dispatcher:
                 raise DecodeError(f"unexpected message type {type_}")
         except Exception as e:
             return self._failed(type_, e)
-        self._count(type_, "ok")
+        if self.metrics is not None:  # (not ``_count``: a call less on every call's path)
+            self.metrics.call(_TYPE_NAMES.get(type_, "other"), "ok")
         return reply
 
     async def _finish(self, phase: Coroutine[Any, Any, bytes], type_: int) -> bytes:

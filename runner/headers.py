@@ -180,7 +180,9 @@ class MultiDict:
     def set(self, name: str, value: str) -> None:
         """Replace every value of ``name`` by ``value``, keeping the first one's position."""
         pair = (self._name(name), self._value(value))
-        self._touch(name)
+        touched = self._touched  # (``_touch``, inlined: a plugin's most common change)
+        if touched is not None:
+            touched.add(self._fold(name))
         items = self._items
         if items is None:  # not read yet: only record it
             self._sets.append(pair)

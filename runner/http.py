@@ -106,6 +106,20 @@ class ExtraInfo:
         return _text(await self.fetch(InfoKind.VAR, name))
 
 
+class SentRequest(Protocol):
+    """What APISIX sent of a request, each part decoded when first read (``decode.ReqCall``)."""
+
+    id: int
+    method: str
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def src_ip(self) -> bytes: ...
+    def headers(self) -> list[tuple[str, str]]: ...
+    def args(self) -> list[tuple[str, str]]: ...
+
+
 def _text(raw: bytes | None) -> str | None:
     return None if raw is None else raw.decode("utf-8", "surrogateescape")
 
@@ -260,6 +274,22 @@ class Request(_Message):
         self._new_body: bytes | None = None
         self._extra = extra if extra is not None else ExtraInfo()
 
+    @classmethod
+    def from_apisix(cls, sent: SentRequest, extra: ExtraInfo, deadline: float) -> Request:
+        """The request of a call the runner received: ``Request(sent.id, sent.method, <sent's parts>, extra)``.
+
+        The runner's own constructor, on every call's path: what APISIX sent
+        is not checked, so nothing needs to be looked at before a plugin does.
+        """
+        request = cls.__new__(cls)
+        request.id, request.method, request.deadline = sent.id, sent.method, deadline
+        request._sent_path, request._path = lambda: sent.path, None
+        request._src_ip = lambda: sent.src_ip
+        request._headers, request._args = sent.headers, sent.args
+        request._body = request._new_body = None
+        request._extra = extra
+        return request
+
     def _original_path(self) -> str:
         sent = self._sent_path
         if callable(sent):
@@ -356,6 +386,16 @@ class Response(_Message):
         self._new_body = None if upstream or body is None else _body_bytes(body)
         self._upstream = upstream
         self._extra = extra if extra is not None else ExtraInfo()
+
+    @classmethod
+    def for_request(cls, extra: ExtraInfo, deadline: float) -> Response:
+        """``Response(extra=extra)`` for a call the runner received (its own constructor, on every call's path)."""
+        response = cls.__new__(cls)
+        response.deadline, response._status, response._upstream = deadline, 200, False
+        response._headers = Headers()
+        response._body = response._new_body = None
+        response._extra = extra
+        return response
 
     @property
     def status_code(self) -> int:

@@ -194,10 +194,7 @@ def _request_objects(
     req: decode.ReqCall, call: Call, metrics: Metrics | None, on_loop: bool = False
 ) -> tuple[Request, Response]:
     extra = _extra_info(call, metrics, on_loop)
-    request = Request(req.id, req.method, lambda: req.path, lambda: req.src_ip, req.headers, req.args, extra)
-    response = Response(200, (), extra)
-    request.deadline = response.deadline = call.deadline
-    return request, response
+    return Request.from_apisix(req, extra, call.deadline), Response.for_request(extra, call.deadline)
 
 
 def run_request_phase(prepared: Prepared, req: decode.ReqCall, call: Call, watch: Watch = _UNWATCHED) -> bytes:

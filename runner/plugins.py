@@ -90,8 +90,11 @@ _IN_RESPONSE_PHASE = "response"
 
 
 def _decide(stop: bool) -> None:
-    in_task = _task_decision.get()
-    current = in_task[0] if in_task is not None else getattr(_decision, "stop", None)
+    # The thread's decision first: a sync filter (the usual case) never needs the task's.
+    current = getattr(_decision, "stop", None)
+    in_task = _task_decision.get() if current is None else None
+    if in_task is not None:
+        current = in_task[0]
     if current is None:
         # From another thread the call it belongs to is unknowable; failing
         # loudly beats a stop() that silently lets the request through.
