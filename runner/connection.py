@@ -113,7 +113,7 @@ class Connection:
         server = self.server
         pool = server.pool
         dispatch = server.dispatcher.handle
-        park = True
+        park = pool.may_park()  # a fresh connection may have sent nothing yet
         try:
             if self.resumed is not None:  # a call back from the event loop: its reply first
                 reply, close = self.resumed

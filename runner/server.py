@@ -5,8 +5,10 @@ bounded pool (``pool``) instead of a thread per connection. Rules:
 
 * One selector thread (``serve_forever``) watches the listening socket and
   every connection that is idle between calls; such a connection holds no
-  thread. When one becomes readable it is queued for the pool. Busy
-  connections keep their thread while frames keep coming (see ``pool``).
+  thread. When one becomes readable it is queued for the pool. A new
+  connection is queued at once (APISIX connects to send a call): a burst of
+  them costs no selector round trip each. Busy connections keep their
+  thread while frames keep coming (see ``pool``).
 * APISIX opens a second connection for a PrepareConf while the first one waits
   silently: the waiting one sits in the selector, so the nested connection is
   served whatever the pool size.
@@ -318,10 +320,12 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
                 request.close()
                 return
             self._connections.add(conn)
-            self._idle.add(conn)
-            self._selector.register(request, selectors.EVENT_READ, conn)
             if self.shares is not None:
                 self.shares.publish(len(self._connections))
+        # Straight to the pool, not through the selector: APISIX connects to
+        # send a call at once, and a thread that finds nothing yet gives the
+        # connection to the selector unless it may park (``Connection.serve``).
+        self.pool.submit(conn)
 
     # --- budget -------------------------------------------------------------
 

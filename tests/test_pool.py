@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 
 from helpers import RUNNER_THREADS, SUITE_PLUGINS, act, run_in_threads, thread_count, wait_for
 
@@ -100,3 +101,31 @@ def test_a_queued_task_that_free_threads_can_take_at_once_leaves_connections_par
     finally:
         pool.stop()
         pool.join(5)
+
+
+def test_a_burst_of_tasks_is_all_served_one_wake_up_at_a_time_while_some_threads_block() -> None:
+    release = threading.Event()
+    served: list[int] = []
+    on_their_way: list[int] = []
+
+    def serve(task: int, worker: object) -> None:
+        on_their_way.append(pool._woken)  # threads notified but not yet awake, as this one starts
+        if task < 3:
+            release.wait(10)  # three threads held, as by plugins that block
+        served.append(task)
+
+    pool: WorkerPool[int] = WorkerPool(4, serve, spare=1)
+    pool.start()
+    try:
+        wait_for(lambda: pool.free == 4, "every pool thread to wait for work")
+        for i in range(200):
+            pool.submit(i)
+        wait_for(lambda: len(served) == 197, "the free thread to serve every task but the held ones")
+        release.set()
+        wait_for(lambda: len(served) == 200, "the held tasks to end")
+        assert sorted(served) == list(range(200))
+        assert max(on_their_way) <= 1  # never a herd of woken threads at the GIL
+    finally:
+        pool.stop()
+        pool.join(5)
+    assert not any(w.thread is not None and w.thread.is_alive() for w in pool.workers())
