@@ -205,3 +205,20 @@ def _connections(port: int) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         lines = response.read().decode().splitlines()
     return int(next(x for x in lines if x.startswith("apisix_runner_connections ")).split()[1])
+
+
+def test_a_call_timing_out_while_a_sync_step_waits_for_extra_info_leaves_the_loop_serving() -> None:
+    with RunnerProcess(SUITE_PLUGINS, args=["--call-timeout", "0.5"]) as proc:
+        with proc.client() as c:
+            asks = c.prepare_conf(act(vars_to_headers={"host": "X-H"}) + awaiting(set_headers={"X-A": "1"}))
+            token = c.prepare_conf(awaiting(set_headers={"X-A": "1"}), key="route#2#ext-plugin-pre-req#1")
+        for _ in range(3):
+            with proc.client() as c:
+                c.send_frame(2, _req(asks))
+                assert c.read_frame()[0] == 3  # the sync plugin's question, never answered
+                assert c.read_frame()[0] == 0  # the 503 at the deadline
+                assert c.sock.recv(16) == b""
+            # The next connection (on the same descriptor number) is served on the loop between its calls.
+            with proc.client(timeout=5) as c:
+                for _ in range(3):
+                    assert c.http_req_call(token).headers == [("X-A", "1")]
