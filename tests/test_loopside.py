@@ -13,7 +13,9 @@ from pathlib import Path
 
 from helpers import RUNNER_THREADS, SUITE_PLUGINS, act, run_in_threads, thread_count, wait_for
 
-from runner.testing import ApisixClient, RunnerProcess, decode_req_call_reply, req_call_req
+from runner.errors import ErrCode
+from runner.testing import ApisixClient, RunnerProcess, decode_req_call_reply, encode_frame, req_call_req
+from runner.testing.wire import err_code
 
 
 def awaiting(**conf: object) -> list[tuple[str, str]]:
@@ -56,6 +58,22 @@ def test_one_connection_goes_between_the_loop_and_the_threads_with_every_reply_r
         assert (out.action, out.headers) == ("rewrite", [("X-Host", "<h2>")])
         out = c.http_req_call(stop)
         assert (out.action, out.status) == ("stop", 403)
+
+
+def test_an_unknown_token_or_a_bad_frame_read_on_the_loop_gets_its_err_and_the_connection_goes_on(
+    apisix_runner: RunnerProcess,
+) -> None:
+    with apisix_runner.client() as c:
+        token = c.prepare_conf(awaiting(set_headers={"X-A": "1"}))
+        for bad in (encode_frame(2, b"\xff" * 40), encode_frame(9, b"garbage!!")):
+            assert c.http_req_call(token).headers == [("X-A", "1")]  # on the loop
+            c.sock.sendall(bad)
+            type_, payload = c.read_frame()
+            assert (type_, err_code(payload)) == (0, ErrCode.BAD_REQUEST)
+        assert c.http_req_call(token).headers == [("X-A", "1")]
+        assert c.http_req_call(0xDEADBEEF).err == ErrCode.CONF_TOKEN_NOT_FOUND
+        assert c.http_resp_call(0xDEADBEEF).err == ErrCode.CONF_TOKEN_NOT_FOUND
+        assert c.http_req_call(token).headers == [("X-A", "1")]
 
 
 def test_async_calls_are_answered_while_every_pool_thread_is_busy() -> None:
