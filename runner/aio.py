@@ -5,10 +5,11 @@ Rules:
 * ``loop()`` starts the loop the first time an async plugin (or an async
   ``startup``/``shutdown`` hook) is loaded; a runner without async plugins
   has no loop thread.
-* A call whose plugin chain has an async method runs there as one task,
-  holding no pool thread while it awaits. Sync plugins of such a chain run on
-  a small executor (``sync_step``), so their blocking ExtraInfo questions and
-  any other blocking work never stall the loop.
+* A call whose plugin chain has an async method runs there, in its
+  connection's task (``loopside``), holding no pool thread while it awaits
+  or while the connection waits for its next call. Sync plugins of such a
+  chain run on a small executor (``sync_step``), so their blocking ExtraInfo
+  questions and any other blocking work never stall the loop.
 * ``on_loop()`` tells whether the caller is the loop thread: the blocking
   forms of ExtraInfo refuse to run there.
 * ``run(coro)`` runs a coroutine on the loop and waits for it from another

@@ -80,6 +80,7 @@ class Line(Protocol):
 
     def send(self, data: bytes) -> None: ...
     def read_frame(self, park: bool = False, waiting: bool = True) -> Any: ...
+    async def send_async(self, data: bytes) -> None: ...
     async def read_frame_async(self) -> Frame | None: ...
     def close(self) -> None: ...
 
@@ -143,7 +144,7 @@ class Call:
             return answer.payload
 
     async def ask_async(self, question: bytes) -> bytes | bytearray:
-        """``ask`` inside a deferred call, on the event loop."""
+        """``ask`` on the event loop (a connection served there, ``loopside``)."""
         conn = self.conn
         if self._alock is None:
             self._alock = asyncio.Lock()
@@ -153,14 +154,25 @@ class Call:
             if self.given_up or conn.closed:
                 raise CallAbandoned("the call was given up")
             try:
-                await asyncio.get_running_loop().sock_sendall(conn.sock, encode(MessageType.EXTRA_INFO, question))
+                await conn.send_async(encode(MessageType.EXTRA_INFO, question))
                 answer = await conn.read_frame_async()
             except (OSError, FrameError) as e:
                 raise CallAbandoned(f"connection lost while waiting for ExtraInfo: {e}") from None
+            except Overrun as e:
+                conn.server.overrun(conn, e)
+                raise CallAbandoned(f"ExtraInfo exchange dropped: {e}") from None
             if answer is None or answer.type != MessageType.EXTRA_INFO:
                 got = "EOF" if answer is None else f"a type-{answer.type} frame"
                 raise CallAbandoned(f"APISIX answered an ExtraInfo question with {got}")
             return answer.payload
+
+    async def quiet(self) -> None:
+        """Wait until no ExtraInfo exchange of this call is under way on the loop (before its socket closes:
+        the loop must not be left watching a closed descriptor)."""
+        lock = self._alock
+        if lock is not None and lock.locked():
+            async with lock:
+                pass
 
     def finish(self) -> bool:
         """End the call by its reply; ``False`` if it has been given up (then send nothing)."""
@@ -175,7 +187,7 @@ class Call:
         return False
 
     def expire_async(self) -> bool:
-        """End a deferred call at its deadline (its task is cancelled, no thread is stuck)."""
+        """End a call on the event loop at its deadline (its task is cancelled, no thread is stuck)."""
         with self.conn.lock:
             if self.state is not CallState.RUNNING:
                 return False
@@ -202,11 +214,6 @@ class Call:
         return True
 
 
-def report_slow(call: Call, task: asyncio.Task[None]) -> None:
-    if call.state is CallState.RUNNING:
-        report(call, task, logging.WARNING, "is slow", "still awaiting")
-
-
 def _awaiting(task: asyncio.Task[None]) -> list[types.FrameType]:
     """The frames of the coroutine chain ``task`` is suspended in, outermost first
     (``Task.get_stack`` gives only the outermost one)."""
@@ -221,7 +228,7 @@ def _awaiting(task: asyncio.Task[None]) -> list[types.FrameType]:
 
 
 def report(call: Call, task: asyncio.Task[None], level: int, what: str, outcome: str) -> None:
-    """Log a deferred call's timeout or slowness, with the stack it awaits at."""
+    """Log the timeout or slowness of a call on the event loop, with the stack it awaits at."""
     where = f"plugin {call.plugin!r}" if call.plugin else "the runner (no plugin running)"
     stack = "".join(traceback.format_list(traceback.StackSummary.extract((f, f.f_lineno) for f in _awaiting(task))))
     logs.log_with_stack(

@@ -24,10 +24,12 @@ Rules:
 * A call's own state (its ExtraInfo line, its deadline, how it ended) is a
   ``calls.Call``.
 * A call the dispatcher returns as ``Pending`` (an async plugin chain) leaves
-  its thread: the connection goes to the event loop (its socket non-blocking,
-  ExtraInfo through ``ask_async``), where the call's deadline cancels it and a
-  slow call is logged with the stack it awaits at. Its reply comes back to a
-  pool thread (``resume``), which sends it and serves the connection on.
+  its thread: the connection moves to the event loop (``loopside``: its socket
+  non-blocking, ExtraInfo through ``ask_async``, frames and replies through
+  ``read_frame_async``/``send_async`` under the same bounds) and stays there
+  while its calls are async. A frame read there that needs a thread comes
+  back with the connection (``handover``): ``serve`` answers it first, socket
+  blocking again, then goes on as above.
 """
 
 from __future__ import annotations
@@ -39,16 +41,22 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from . import aio
-from .calls import Call, OverBudget, Overrun, TooSlow, report, report_slow
+from .calls import Call, OverBudget, Overrun, TooSlow
 from .config import Config
-from .dispatch import Dispatcher, Pending
+from .dispatch import Dispatcher, OffLoop, Pending
 from .errors import CallAbandoned, FrameError
 from .frame import Frame, FrameDecoder
 from .pool import Worker, WorkerPool
 from .watchdog import StuckCalls
+
+
+class LoopSide(Protocol):
+    """Where a connection goes for its async calls (``loopside.OnLoop``)."""
+
+    def take(self, conn: Connection, call: Call, pending: Pending) -> None: ...
 
 
 class Server(Protocol):
@@ -62,6 +70,9 @@ class Server(Protocol):
     call_timeout: float
     timeout_reply: bytes
     closing: bool
+
+    @property
+    def on_loop(self) -> LoopSide: ...
 
     def watch(self, conn: Connection) -> None: ...
     def forget(self, conn: Connection) -> None: ...
@@ -88,10 +99,10 @@ def timeval(seconds: float) -> bytes:
 
 
 class Connection:
-    """An accepted APISIX connection, served by pool threads one call at a time."""
+    """An accepted APISIX connection, served one call at a time by pool threads or on the event loop."""
 
     __slots__ = (
-        "server", "sock", "decoder", "lock", "charged", "frame_started", "closed", "deferred", "resumed", "abandoned",
+        "server", "sock", "decoder", "lock", "charged", "frame_started", "closed", "deferred", "handover", "abandoned",
     )  # fmt: skip
 
     def __init__(self, server: Server, sock: socket.socket) -> None:
@@ -102,57 +113,55 @@ class Connection:
         self.charged = 0  # bytes of this connection's frames counted in the budget
         self.frame_started = 0.0  # when the unfinished frame in the decoder began to arrive
         self.closed = False
-        self.deferred = False  # a call of this connection runs on the event loop
-        self.resumed: tuple[bytes, bool] | None = None  # that call's reply, and whether to close after it
+        self.deferred = False  # served on the event loop (``loopside``): the loop owns the socket
+        self.handover: tuple[Call, OffLoop] | None = None  # a call the loop read, for the next pool thread
         self.abandoned = False  # the watchdog gave its call up: it sends the 503 and closes
 
     # --- serving ------------------------------------------------------------
 
     def serve(self, worker: Worker) -> None:
-        """Answer calls until the connection closes or goes back to the selector."""
+        """Answer calls until the connection closes, goes back to the selector or moves to the event loop."""
         server = self.server
         pool = server.pool
         dispatch = server.dispatcher.handle
         park = pool.may_park()  # a fresh connection may have sent nothing yet
+        handed, self.handover = self.handover, None
+        run: Callable[..., bytes | Pending]
         try:
-            if self.resumed is not None:  # a call back from the event loop: its reply first
-                reply, close = self.resumed
-                self.resumed = None
-                if self.charged:
-                    self._release_charge()
-                self.send(reply)
-                if close or server.closing:
-                    self.close()
-                    return
-                park = pool.may_park()
             while True:
-                received = self.read_frame(park=park)
-                if received is RELEASED:
-                    server.watch(self)
-                    return
-                if received is None:
-                    self.close()
-                    return
-                assert isinstance(received, Frame)
-                call = Call(self, server.call_timeout)
+                if handed is None:
+                    received = self.read_frame(park=park)
+                    if received is RELEASED:
+                        server.watch(self)
+                        return
+                    if received is None:
+                        self.close()
+                        return
+                    assert isinstance(received, Frame)
+                    call = Call(self, server.call_timeout)
+                    run, args = dispatch, (received.type, received.payload, call)
+                    del received
+                else:  # a frame the event loop read and decoded: answered first
+                    call, off = handed
+                    run, args = off.run, off.args
+                    handed = None
                 worker.call = call
                 try:
-                    result = dispatch(received.type, received.payload, call)
+                    result = run(*args)
                 except BaseException:
                     call.finish()
                     raise
                 finally:
                     worker.call = None
-                del received
+                del args
                 if isinstance(result, Pending):
-                    self._defer(call, result)
+                    server.on_loop.take(self, call, result)
                     return
-                reply = result
                 if not call.finish():
                     return  # given up: the watchdog answers it and closes
                 if self.charged:  # (most frames arrive whole and are never charged)
-                    self._release_charge()
-                self.send(reply)
+                    self.release_charge()
+                self.send(result)
                 if server.closing:
                     self.close()
                     return
@@ -172,69 +181,54 @@ class Connection:
             raise
         self.close()
 
-    # --- calls on the event loop ------------------------------------------------
-
-    def _defer(self, call: Call, pending: Pending) -> None:
-        self.deferred = True
-        self.sock.setblocking(False)
-        aio.submit(self._await(call, pending))
-
-    async def _await(self, call: Call, pending: Pending) -> None:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        now = time.monotonic()
-        expire = loop.call_later(max(0.0, call.deadline - now), self._expire, call, task)
-        slow = loop.call_later(max(0.0, call.started + self.server.config.slow_call - now), report_slow, call, task)
-        reply: bytes | None = None
-        try:
-            reply = await pending.coroutine
-        except asyncio.CancelledError:
-            pass  # the deadline: ``_expire`` has answered
-        except CallAbandoned as e:
-            log.debug("call abandoned: %s", e)
-        except Overrun as e:
-            self.server.overrun(self, e)
-        except BaseException:  # the dispatcher turns errors into replies: this is the runner's own fault
-            log.exception("unexpected error in an async call")
-        finally:
-            expire.cancel()
-            slow.cancel()
-        if call.finish():
-            if reply is not None:
-                self._resume(reply, close=False)
-            else:
-                self.close()
-
-    def _expire(self, call: Call, task: asyncio.Task[None]) -> None:
-        if call.expire_async():
-            report(call, task, logging.ERROR, "timed out", "replied 503 and closed the connection")
-            self._resume(self.server.timeout_reply, close=True)
-            task.cancel()
-
-    def _resume(self, reply: bytes, close: bool) -> None:
-        """Hand a deferred call's reply to a pool thread, which sends it and serves the connection on."""
-        with contextlib.suppress(OSError):
-            self.sock.setblocking(True)
-        self.deferred = False
-        self.resumed = (reply, close)
-        self.server.pool.submit(self)
+    # --- on the event loop (``loopside``) --------------------------------------
 
     async def read_frame_async(self) -> Frame | None:
-        """``read_frame`` inside a deferred call: the next whole frame, ``None`` at EOF.
+        """``read_frame`` on the event loop: the next whole frame, ``None`` at a clean EOF.
 
-        (The call's deadline bounds it: the task is cancelled then.)
+        A frame that has started must arrive within ``frame_timeout`` (``TooSlow``).
         """
         loop = asyncio.get_running_loop()
         decoder = self.decoder
+        sock = self.sock
         while (received := decoder.next_frame()) is None:
-            data = await loop.sock_recv(self.sock, RECV_SIZE)
+            if decoder.pending:
+                try:
+                    async with asyncio.timeout_at(self.frame_started + self.server.config.frame_timeout):
+                        data = await loop.sock_recv(sock, RECV_SIZE)
+                except TimeoutError:
+                    raise self.too_slow() from None
+            else:
+                data = await loop.sock_recv(sock, RECV_SIZE)
             if (whole := decoder.whole_frame(data)) is not None:  # the usual read
                 return whole
             if not self._held(data):
                 return None
         self._frame_done()
         return received
+
+    async def send_async(self, data: bytes) -> None:
+        """``send`` on the event loop, under the same bounds."""
+        sock = self.sock
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        left = self._charge_reply(len(data), len(data) - sent)
+        timeout = self.server.config.frame_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.get_running_loop().sock_sendall(sock, memoryview(data)[sent:])
+        except TimeoutError:
+            raise TooSlow(
+                f"the peer did not read a reply of {len(data)} bytes within frame_timeout = {timeout:g} s"
+            ) from None
+        finally:
+            self.server.budget.give(left)
+
+    # --- reading and sending ----------------------------------------------------
 
     def read_frame(self, park: bool = False, waiting: bool = True) -> Frame | _Released | None:
         """The next whole frame; ``None`` at a clean EOF; ``FrameError`` at EOF inside a frame.
@@ -319,13 +313,8 @@ class Connection:
             sent = 0
         if sent == len(data):
             return
+        left = self._charge_reply(len(data), len(data) - sent)
         budget = self.server.budget
-        left = len(data) - sent
-        if not budget.take(left):
-            raise OverBudget(
-                f"a reply of {len(data)} bytes waiting for the peer would take the bytes held for frames past "
-                f"memory_budget = {budget.limit} ({budget.used} in use)"
-            )
         timeout = self.server.config.frame_timeout
         deadline = time.monotonic() + timeout
         try:
@@ -345,7 +334,17 @@ class Connection:
 
     # --- the budget -----------------------------------------------------------
 
-    def _release_charge(self) -> None:
+    def _charge_reply(self, size: int, left: int) -> int:
+        """Charge the ``left`` bytes of a ``size``-byte reply that wait for the peer (``OverBudget``: no room)."""
+        budget = self.server.budget
+        if not budget.take(left):
+            raise OverBudget(
+                f"a reply of {size} bytes waiting for the peer would take the bytes held for frames past "
+                f"memory_budget = {budget.limit} ({budget.used} in use)"
+            )
+        return left
+
+    def release_charge(self) -> None:
         done = self.charged - self.decoder.wanted
         if done > 0:
             self.charged -= done
@@ -368,3 +367,11 @@ class Connection:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+
+def has_bytes(sock: socket.socket) -> bool:
+    """Whether ``sock`` has bytes waiting (a call that reached us), without taking them."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # BlockingIOError (nothing), or a socket gone bad
+        return False

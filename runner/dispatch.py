@@ -11,6 +11,11 @@ line to APISIX for ExtraInfo questions (``CallAbandoned`` from it propagates
 so the caller sends nothing), and where the running plugin is noted for the
 watchdog. A call whose plugin chain has an async method is returned as
 ``Pending``: the caller runs it on the event loop and sends what it gives.
+
+A frame read on the event loop goes through ``handle_on_loop``: a call whose
+chain is async comes back as ``Pending``, anything else (PrepareConf, a sync
+chain, an unknown token, a bad frame) as ``OffLoop``, decoded once and run by
+a pool thread: no sync plugin code, ``configure`` included, runs on the loop.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from . import aio, decode, encode, frame
 from .errors import (
@@ -35,6 +40,7 @@ from .metrics import Metrics
 from .phases import (
     Call,
     Prepared,
+    Watch,
     prepared,
     run_request_phase,
     run_request_phase_async,
@@ -79,6 +85,24 @@ class Pending:
         self.coroutine = coroutine
 
 
+class OffLoop:
+    """A frame read on the event loop that a pool thread answers: ``run(*args)`` gives its reply.
+
+    No plugin code has run for it yet; what was decoded is in ``args``.
+    """
+
+    __slots__ = ("run", "args")
+
+    def __init__(self, run: Callable[..., bytes], *args: Any) -> None:
+        self.run = run
+        self.args = args
+
+
+# A sync phase (``phases.run_request_phase``...), with what it runs on: decoded once.
+SyncPhase: TypeAlias = Callable[[Prepared, Any, Call, Watch], bytes]
+_Routed: TypeAlias = Pending | tuple[SyncPhase, Prepared, decode.ReqCall | decode.RespCall] | None
+
+
 def _unusable(reason: str) -> Prepared:
     return Prepared((), (), reason)
 
@@ -121,22 +145,61 @@ class Dispatcher:
         Raises only ``CallAbandoned``.
         """
         try:
-            if type_ == _REQ_CALL:  # (plain ints: an enum member costs a lookup, per call)
-                req = decode.req_call(payload)
-                prepared = self._lookup(req, call)
-                if prepared.async_request:
-                    return Pending(self._finish(run_request_phase_async(prepared, req, call, self._watch), type_))
-                reply = frame.encode(_REQ_CALL, run_request_phase(prepared, req, call, self._watch))
-            elif type_ == _PREPARE_CONF:
-                reply = frame.encode(_PREPARE_CONF, self._prepare_conf(payload, call))
-            elif type_ == _RESP_CALL:
-                resp = decode.resp_call(payload)
-                prepared = self._lookup(resp, call)
-                if prepared.async_response:
-                    return Pending(self._finish(run_response_phase_async(prepared, resp, call, self._watch), type_))
-                reply = frame.encode(_RESP_CALL, run_response_phase(prepared, resp, call, self._watch))
-            else:
+            routed = self._route(type_, payload, call)
+        except Exception as e:
+            return self._failed(type_, e)
+        if routed is None:
+            return self._other(type_, payload, call)
+        if isinstance(routed, Pending):
+            return routed
+        return self._run(type_, call, *routed)
+
+    def handle_on_loop(self, type_: int, payload: decode.Buffer, call: Call) -> Pending | OffLoop:
+        """``handle`` for a frame read on the event loop: ``Pending`` if its chain is async, else
+        ``OffLoop`` for a pool thread (whatever else it needs runs there, errors logged there too)."""
+        try:
+            routed = self._route(type_, payload, call)
+        except Exception as e:
+            return OffLoop(self._failed, type_, e)
+        if routed is None:
+            return OffLoop(self._other, type_, payload, call)
+        if isinstance(routed, Pending):
+            return routed
+        return OffLoop(self._run, type_, call, *routed)
+
+    def _route(self, type_: int, payload: decode.Buffer, call: Call) -> _Routed:
+        """An HTTP call decoded and looked up: ``Pending`` if its chain is async, else its sync phase;
+        ``None`` for any other type. Raises what decoding and the lookup raise."""
+        if type_ == _REQ_CALL:  # (plain ints: an enum member costs a lookup, per call)
+            req = decode.req_call(payload)
+            prepared = self._lookup(req, call)
+            if prepared.async_request:
+                return Pending(self._finish(run_request_phase_async(prepared, req, call, self._watch), type_))
+            return run_request_phase, prepared, req
+        if type_ == _RESP_CALL:
+            resp = decode.resp_call(payload)
+            prepared = self._lookup(resp, call)
+            if prepared.async_response:
+                return Pending(self._finish(run_response_phase_async(prepared, resp, call, self._watch), type_))
+            return run_response_phase, prepared, resp
+        return None
+
+    def _run(
+        self, type_: int, call: Call, phase: SyncPhase, prepared: Prepared, req: decode.ReqCall | decode.RespCall
+    ) -> bytes:
+        try:
+            reply = frame.encode(type_, phase(prepared, req, call, self._watch))
+        except Exception as e:
+            return self._failed(type_, e)
+        self._count(type_, "ok")
+        return reply
+
+    def _other(self, type_: int, payload: decode.Buffer, call: Call) -> bytes:
+        """The reply to a frame that is not an HTTP call: a PrepareConf, or a type we do not know."""
+        try:
+            if type_ != _PREPARE_CONF:
                 raise DecodeError(f"unexpected message type {type_}")
+            reply = frame.encode(_PREPARE_CONF, self._prepare_conf(payload, call))
         except Exception as e:
             return self._failed(type_, e)
         if self.metrics is not None:  # (not ``_count``: a call less on every call's path)
@@ -177,7 +240,10 @@ class Dispatcher:
                 log.warning("replying %s to a type-%d frame: %s", error.code.name, type_, error)
             code = error.code
         else:
-            log.exception("internal error while handling a type-%d frame; replying SERVICE_UNAVAILABLE", type_)
+            # exc_info given: for a frame read on the event loop this runs later, on a pool thread
+            log.error(
+                "internal error while handling a type-%d frame; replying SERVICE_UNAVAILABLE", type_, exc_info=error
+            )
             code = ErrCode.SERVICE_UNAVAILABLE
         self._count(type_, code.name.lower())
         return _ERR_FRAMES[code]

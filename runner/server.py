@@ -8,7 +8,9 @@ bounded pool (``pool``) instead of a thread per connection. Rules:
   thread. When one becomes readable it is queued for the pool. A new
   connection is queued at once (APISIX connects to send a call): a burst of
   them costs no selector round trip each. Busy connections keep their
-  thread while frames keep coming (see ``pool``).
+  thread while frames keep coming (see ``pool``). A connection whose calls
+  are async is served on the event loop instead, between its calls too
+  (``loopside``), until a frame needs a thread.
 * APISIX opens a second connection for a PrepareConf while the first one waits
   silently: the waiting one sits in the selector, so the nested connection is
   served whatever the pool size.
@@ -25,7 +27,9 @@ Shutdown: ``shutdown`` stops the selector thread, ``server_close`` closes the
 listener (and removes our socket path), ``drain`` answers every call already
 received: idle connections with bytes waiting are served, then closed; parked
 ones close at their next park interval unless a frame arrives; busy ones
-close after their reply (their ExtraInfo exchanges go on undisturbed).
+close after their reply (their ExtraInfo exchanges go on undisturbed). The
+same holds on the event loop: a connection waiting there with nothing
+received closes at once, one whose frame has begun is answered first.
 """
 
 from __future__ import annotations
@@ -39,13 +43,14 @@ import socketserver
 import threading
 import time
 
-from . import sockets
+from . import aio, sockets
 from .calls import Overrun
 from .config import Config
-from .connection import Connection, timeval
+from .connection import Connection, has_bytes, timeval
 from .dispatch import Dispatcher, err_frame
 from .errors import ConfigError
 from .logs import Throttle
+from .loopside import OnLoop
 from .pool import Worker, WorkerPool
 from .protocol import ErrCode
 from .shares import DEFER, Shares
@@ -115,6 +120,7 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
         self.timeout_reply = err_frame(ErrCode.SERVICE_UNAVAILABLE)  # a call past its deadline
         self.budget = Budget(config.memory_budget)
         self.pool: WorkerPool[Connection] = WorkerPool(config.threads, Connection.serve)
+        self.on_loop = OnLoop(self)
         self.peers = sockets.PeerCheck(config.allowed_uids, config.allowed_gids)
         self.max_connections = _connection_limit(config.max_connections)
         self.closing = False
@@ -322,9 +328,8 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
             self._connections.add(conn)
             if self.shares is not None:
                 self.shares.publish(len(self._connections))
-        # Straight to the pool, not through the selector: APISIX connects to
-        # send a call at once, and a thread that finds nothing yet gives the
-        # connection to the selector unless it may park (``Connection.serve``).
+        # Straight to the pool (APISIX connects to send a call at once); a thread
+        # that finds nothing yet hands it to the selector unless it may park.
         self.pool.submit(conn)
 
     # --- budget -------------------------------------------------------------
@@ -364,8 +369,10 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
             self._unfinished.clear()
             for conn in idle:
                 self._selector.unregister(conn.sock)
+        if aio.running():
+            aio.loop().call_soon_threadsafe(self.on_loop.drain)
         for conn in idle:
-            if conn.decoder.pending or _has_bytes(conn.sock):
+            if conn.decoder.pending or has_bytes(conn.sock):
                 self.pool.submit(conn)  # a call that reached us before the drain: answer it
             else:
                 conn.close()
@@ -374,15 +381,6 @@ class RunnerServer(socketserver.ThreadingUnixStreamServer):
             left = len(self._connections)
         self.pool.stop()
         return left
-
-
-def _has_bytes(sock: socket.socket) -> bool:
-    try:
-        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except BlockingIOError:
-        return False
-    except OSError:
-        return False
 
 
 def _connection_limit(configured: int) -> int:

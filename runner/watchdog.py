@@ -67,6 +67,12 @@ class StuckCalls:
             return dict(self.counts)
 
 
+def tick_for(slow_call: float, call_timeout: float) -> float:
+    """Seconds between looks at the running calls: often enough that a deadline is kept to a
+    tenth of the shortest threshold (the watchdog's, and the event loop's in ``loopside``)."""
+    return max(0.01, min(1.0, slow_call / 10, call_timeout / 10))
+
+
 class RunningCall(Protocol):
     started: float
     deadline: float
@@ -101,8 +107,7 @@ class Watchdog(Generic[B]):
         self._retire = retire
         self._reply = timeout_reply
         self.slow_call = slow_call
-        # Often enough that a deadline is kept to a tenth of the shortest threshold.
-        self.tick = max(0.01, min(1.0, slow_call / 10, call_timeout / 10))
+        self.tick = tick_for(slow_call, call_timeout)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
