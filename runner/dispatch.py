@@ -100,7 +100,8 @@ class OffLoop:
 
 # A sync phase (``phases.run_request_phase``...), with what it runs on: decoded once.
 SyncPhase: TypeAlias = Callable[[Prepared, Any, Call, Watch], bytes]
-_Routed: TypeAlias = Pending | tuple[SyncPhase, Prepared, decode.ReqCall | decode.RespCall] | None
+_Sync: TypeAlias = tuple[SyncPhase, Prepared, decode.ReqCall | decode.RespCall]  # a sync phase, what it runs
+_Routed: TypeAlias = Pending | _Sync | None
 
 
 def _unusable(reason: str) -> Prepared:
@@ -146,13 +147,18 @@ class Dispatcher:
         """
         try:
             routed = self._route(type_, payload, call)
+            if type(routed) is tuple:  # a sync phase: ``_run``, inlined (every sync call's path)
+                phase, prepared, req = routed
+                reply = frame.encode(type_, phase(prepared, req, call, self._watch))
         except Exception as e:
             return self._failed(type_, e)
         if routed is None:
             return self._other(type_, payload, call)
-        if isinstance(routed, Pending):
+        if type(routed) is Pending:
             return routed
-        return self._run(type_, call, *routed)
+        if self.metrics is not None:
+            self.metrics.call(_TYPE_NAMES.get(type_, "other"), "ok")
+        return reply
 
     def handle_on_loop(self, type_: int, payload: decode.Buffer, call: Call) -> Pending | OffLoop:
         """``handle`` for a frame read on the event loop: ``Pending`` if its chain is async, else
@@ -165,7 +171,7 @@ class Dispatcher:
             return OffLoop(self._other, type_, payload, call)
         if isinstance(routed, Pending):
             return routed
-        return OffLoop(self._run, type_, call, *routed)
+        return OffLoop(self._run, type_, call, routed)
 
     def _route(self, type_: int, payload: decode.Buffer, call: Call) -> _Routed:
         """An HTTP call decoded and looked up: ``Pending`` if its chain is async, else its sync phase;
@@ -184,14 +190,14 @@ class Dispatcher:
             return run_response_phase, prepared, resp
         return None
 
-    def _run(
-        self, type_: int, call: Call, phase: SyncPhase, prepared: Prepared, req: decode.ReqCall | decode.RespCall
-    ) -> bytes:
+    def _run(self, type_: int, call: Call, routed: _Sync) -> bytes:
+        phase, prepared, req = routed
         try:
             reply = frame.encode(type_, phase(prepared, req, call, self._watch))
         except Exception as e:
             return self._failed(type_, e)
-        self._count(type_, "ok")
+        if self.metrics is not None:  # (not ``_count``: a call less on every call's path)
+            self.metrics.call(_TYPE_NAMES.get(type_, "other"), "ok")
         return reply
 
     def _other(self, type_: int, payload: decode.Buffer, call: Call) -> bytes:
@@ -202,8 +208,7 @@ class Dispatcher:
             reply = frame.encode(_PREPARE_CONF, self._prepare_conf(payload, call))
         except Exception as e:
             return self._failed(type_, e)
-        if self.metrics is not None:  # (not ``_count``: a call less on every call's path)
-            self.metrics.call(_TYPE_NAMES.get(type_, "other"), "ok")
+        self._count(type_, "ok")
         return reply
 
     async def _finish(self, phase: Coroutine[Any, Any, bytes], type_: int) -> bytes:
