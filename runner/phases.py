@@ -81,6 +81,10 @@ class Prepared(NamedTuple):
     registry: PluginRegistry | None = None
     async_request: bool = False  # the request chain has an async filter: it runs on the event loop
     async_response: bool = False
+    # Per plugin of each chain: whether its method is a coroutine function
+    # (asked once here: ``inspect`` costs several calls per plugin and call).
+    request_awaited: tuple[bool, ...] = ()
+    response_awaited: tuple[bool, ...] = ()
 
 
 # Never passed to APISIX in a response's header list (Stop or response phase):
@@ -102,12 +106,16 @@ _warned_ignored: set[str] = set()
 def prepared(chain: list[tuple[str, Plugin]], registry: PluginRegistry) -> Prepared:
     request_chain = tuple(p for p in chain if type(p[1]).filter is not Plugin.filter)
     response_chain = tuple(p for p in chain if type(p[1]).response_filter is not Plugin.response_filter)
+    request_awaited = tuple(is_async(type(p).filter) for _, p in request_chain)
+    response_awaited = tuple(is_async(type(p).response_filter) for _, p in response_chain)
     return Prepared(
         request_chain,
         response_chain,
         registry=registry,
-        async_request=any(is_async(type(p).filter) for _, p in request_chain),
-        async_response=any(is_async(type(p).response_filter) for _, p in response_chain),
+        async_request=any(request_awaited),
+        async_response=any(response_awaited),
+        request_awaited=request_awaited,
+        response_awaited=response_awaited,
     )
 
 
@@ -132,11 +140,13 @@ def _run(name: str, what: str, req: _Req, call: Call, watch: Watch, fn: _Step, *
     return result
 
 
-async def _run_async(name: str, what: str, req: _Req, call: Call, watch: Watch, fn: _Step, *args: object) -> Any:
-    """``_run`` on the event loop: ``fn`` is awaited, or (sync) run off the loop."""
+async def _run_async(
+    name: str, what: str, req: _Req, call: Call, watch: Watch, awaited: bool, fn: _Step, *args: object
+) -> Any:
+    """``_run`` on the event loop: ``fn`` is awaited (``awaited``), or (sync) run off the loop."""
     started = _admit(name, call, watch)
     try:
-        result = await (fn(*args) if is_async(fn) else aio.sync_step(fn, *args))
+        result = await (fn(*args) if awaited else aio.sync_step(fn, *args))
     except BaseException as e:
         _failed(name, what, req, call, watch, started, e, on_loop=True)
     _ran(name, call, watch[0], started, False)
@@ -213,9 +223,9 @@ async def run_request_phase_async(
 ) -> bytes:
     """``run_request_phase`` for a chain with an async filter."""
     request, response = _request_objects(req, call, watch[0], on_loop=True)
-    for name, plugin in prepared.request_chain:
-        step = call_filter_async if is_async(type(plugin).filter) else call_filter
-        if await _run_async(name, "filter", req, call, watch, step, plugin, request, response):
+    for (name, plugin), awaited in zip(prepared.request_chain, prepared.request_awaited, strict=True):
+        step = call_filter_async if awaited else call_filter
+        if await _run_async(name, "filter", req, call, watch, awaited, step, plugin, request, response):
             return _stop(req, response)
     return _rewrite(req, request, response)
 
@@ -286,9 +296,9 @@ async def run_response_phase_async(
 ) -> bytes:
     """``run_response_phase`` for a chain with an async response_filter."""
     response = _upstream_response(resp, call, watch[0], on_loop=True)
-    for name, plugin in prepared.response_chain:
-        step = call_response_filter_async if is_async(type(plugin).response_filter) else call_response_filter
-        await _run_async(name, "response_filter", resp, call, watch, step, plugin, response)
+    for (name, plugin), awaited in zip(prepared.response_chain, prepared.response_awaited, strict=True):
+        step = call_response_filter_async if awaited else call_response_filter
+        await _run_async(name, "response_filter", resp, call, watch, awaited, step, plugin, response)
     return _client_response(resp, response)
 
 
