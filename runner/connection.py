@@ -26,7 +26,8 @@ Rules:
 * A call the dispatcher returns as ``Pending`` (an async plugin chain) leaves
   its thread: the connection moves to the event loop (``loopside``: its socket
   non-blocking, ExtraInfo through ``ask_async``, frames and replies through
-  ``read_frame_async``/``send_async`` under the same bounds) and stays there
+  ``read_frame_async``/``send_async`` under the same bounds, received by
+  the loop's reader, ``inbox``) and stays there
   while its calls are async. A frame read there that needs a thread comes
   back with the connection (``handover``): ``serve`` answers it first, socket
   blocking again, then goes on as above.
@@ -49,6 +50,7 @@ from .config import Config
 from .dispatch import Dispatcher, OffLoop, Pending
 from .errors import CallAbandoned, FrameError
 from .frame import Frame, FrameDecoder
+from .inbox import Inbox
 from .pool import Worker, WorkerPool
 from .watchdog import StuckCalls
 
@@ -103,6 +105,7 @@ class Connection:
 
     __slots__ = (
         "server", "sock", "decoder", "lock", "charged", "frame_started", "closed", "deferred", "handover", "abandoned",
+        "inbox",
     )  # fmt: skip
 
     def __init__(self, server: Server, sock: socket.socket) -> None:
@@ -116,6 +119,7 @@ class Connection:
         self.deferred = False  # served on the event loop (``loopside``): the loop owns the socket
         self.handover: tuple[Call, OffLoop] | None = None  # a call the loop read, for the next pool thread
         self.abandoned = False  # the watchdog gave its call up: it sends the 503 and closes
+        self.inbox: Inbox | None = None  # on the event loop: what the loop's reader has received
 
     # --- serving ------------------------------------------------------------
 
@@ -188,24 +192,36 @@ class Connection:
 
         A frame that has started must arrive within ``frame_timeout`` (``TooSlow``).
         """
-        loop = asyncio.get_running_loop()
         decoder = self.decoder
-        sock = self.sock
+        inbox = self.inbox
+        if inbox is None:
+            inbox = self.inbox = Inbox(self.sock, RECV_SIZE, 2 * RECV_SIZE)
         while (received := decoder.next_frame()) is None:
             if decoder.pending:
                 try:
                     async with asyncio.timeout_at(self.frame_started + self.server.config.frame_timeout):
-                        data = await loop.sock_recv(sock, RECV_SIZE)
+                        data = await inbox.receive()
                 except TimeoutError:
                     raise self.too_slow() from None
             else:
-                data = await loop.sock_recv(sock, RECV_SIZE)
+                data = await inbox.receive()
             if (whole := decoder.whole_frame(data)) is not None:  # the usual read
                 return whole
             if not self._held(data):
                 return None
         self._frame_done()
         return received
+
+    def leave_loop(self) -> None:
+        """On the loop, before the connection goes to a thread or closes: the loop stops reading it.
+
+        Bytes its reader received ahead (a peer that sent before its reply:
+        APISIX never does) go to the decoder, uncharged: at most the inbox's limit.
+        """
+        inbox, self.inbox = self.inbox, None
+        if inbox is not None:
+            for data in inbox.close():
+                self.decoder.feed(data)
 
     async def send_async(self, data: bytes) -> None:
         """``send`` on the event loop, under the same bounds."""
