@@ -41,13 +41,15 @@ class Inbox:
         """The next bytes received, ``b""`` at EOF; raises the ``OSError`` a receive met."""
         chunks = self._chunks
         if not chunks:
-            try:
-                return self._sock.recv(self._size)  # often here already: no loop iteration
-            except (BlockingIOError, InterruptedError):
-                pass
             if not self._watching:
+                try:
+                    return self._sock.recv(self._size)  # often here already: no loop iteration
+                except (BlockingIOError, InterruptedError):
+                    pass
                 self._loop.add_reader(self._fd, self._readable)
                 self._watching = True
+            # (Watching: what has arrived is the reader's, on the loop's next look; a
+            # receive here would mostly find nothing, one failed syscall per call.)
             self._waiter = waiter = self._loop.create_future()
             try:
                 await waiter
