@@ -18,8 +18,8 @@ Rules:
 * Text is ``str``. Bytes from nginx are decoded as UTF-8 with
   ``surrogateescape`` and encoded back the same way, so values in any
   encoding survive a round trip unchanged.
-* ExtraInfo (variables, bodies) is asked through the ``ask`` function given to
-  ``ExtraInfo``, once per call, kind and name; this module does no I/O.
+* ExtraInfo (variables, bodies) is asked through the call's ``ExtraInfo``
+  (``extra``), once per call, kind and name; this module does no I/O.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from . import aio
+from .extra import ExtraInfo
 from .frame import MAX_PAYLOAD
 from .headers import UNENCODABLE, Args, Headers, Load, MultiDict, Pairs, refuse_character
 from .protocol import InfoKind
@@ -50,62 +50,6 @@ MAX_BODY = MAX_PAYLOAD - 64 * 1024
 _REFUSED_IN_PATHS = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{UNENCODABLE}]")
 
 
-class ExtraInfo:
-    """One call's ExtraInfo answers: each ``(kind, name)`` is asked of APISIX at most once.
-
-    ``ask(kind, name)`` returns APISIX's answer, ``None`` when it sent no
-    result; ``fetch`` is the same for async plugins (``ask_async`` does the
-    round trip on the event loop). The request and the response of one call
-    share one. A blocking ``ask`` on the event loop would stall every async
-    call of the process, so it is refused there.
-    """
-
-    __slots__ = ("_ask", "_ask_async", "_answers")
-
-    def __init__(
-        self,
-        ask: Callable[[InfoKind, str], bytes | None] | None = None,
-        ask_async: Callable[[InfoKind, str], Awaitable[bytes | None]] | None = None,
-    ) -> None:
-        self._ask = ask
-        self._ask_async = ask_async
-        self._answers: dict[tuple[InfoKind, str], bytes | None] | None = None  # most calls ask nothing
-
-    def ask(self, kind: InfoKind, name: str = "") -> bytes | None:
-        key = (kind, name)
-        answers = self._answers
-        if answers is None:
-            answers = self._answers = {}
-        if key not in answers:
-            if self._ask is not None and aio.on_loop():
-                what = "request.var()" if kind is InfoKind.VAR else "the body"
-                raise RuntimeError(
-                    f"{what} waits for APISIX and would block the event loop: in an async plugin, "
-                    "use await request.fetch_var(name), await request.fetch_body() or await response.fetch_body()"
-                )
-            answers[key] = self._ask(kind, name) if self._ask is not None else None
-        return answers[key]
-
-    async def fetch(self, kind: InfoKind, name: str = "") -> bytes | None:
-        key = (kind, name)
-        answers = self._answers
-        if answers is None:
-            answers = self._answers = {}
-        if key not in answers:
-            if self._ask_async is not None:
-                answers[key] = await self._ask_async(kind, name)
-            else:  # not on the event loop's side of a call (the kit, a plain Request): the blocking form
-                answers[key] = self._ask(kind, name) if self._ask is not None else None
-        return answers[key]
-
-    def var(self, name: str) -> str | None:
-        """An nginx/APISIX variable as text; ``None`` when APISIX has no value for it."""
-        return _text(self.ask(InfoKind.VAR, name))
-
-    async def fetch_var(self, name: str) -> str | None:
-        return _text(await self.fetch(InfoKind.VAR, name))
-
-
 class SentRequest(Protocol):
     """What APISIX sent of a request, each part decoded when first read (``decode.ReqCall``)."""
 
@@ -118,10 +62,6 @@ class SentRequest(Protocol):
     def src_ip(self) -> bytes: ...
     def headers(self) -> list[tuple[str, str]]: ...
     def args(self) -> list[tuple[str, str]]: ...
-
-
-def _text(raw: bytes | None) -> str | None:
-    return None if raw is None else raw.decode("utf-8", "surrogateescape")
 
 
 def _checked_path(value: object) -> str:
