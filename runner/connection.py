@@ -225,18 +225,18 @@ class Connection:
 
     async def send_async(self, data: bytes) -> None:
         """``send`` on the event loop, under the same bounds."""
-        sock = self.sock
-        try:
-            sent = sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        if sent == len(data):
-            return
+        sent = 0
+        with contextlib.suppress(BlockingIOError):
+            sent = self.sock.send(data)
+        if sent < len(data):
+            await self._send_rest_async(data, sent)
+
+    async def _send_rest_async(self, data: bytes, sent: int) -> None:
         left = self._charge_reply(len(data), len(data) - sent)
         timeout = self.server.config.frame_timeout
         try:
             async with asyncio.timeout(timeout):
-                await asyncio.get_running_loop().sock_sendall(sock, memoryview(data)[sent:])
+                await asyncio.get_running_loop().sock_sendall(self.sock, memoryview(data)[sent:])
         except TimeoutError:
             raise TooSlow(
                 f"the peer did not read a reply of {len(data)} bytes within frame_timeout = {timeout:g} s"

@@ -9,6 +9,7 @@ import socket
 import textwrap
 import threading
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from helpers import RUNNER_THREADS, SUITE_PLUGINS, act, run_in_threads, thread_count, wait_for
@@ -111,8 +112,8 @@ def test_connections_waiting_on_the_loop_hold_no_thread() -> None:
             run_in_threads(lambda: clients.extend(_on_loop(proc, token, 20)), [()] * 10)
             assert len(clients) == 200
             assert thread_count(proc.proc.pid) <= 4 + RUNNER_THREADS + 1
-            for c in clients:  # each one's next call is answered from where it waits
-                assert c.http_req_call(token).headers == [("X-A", "1")]
+            answers = [c.http_req_call(token).headers for c in clients]  # from where each waits
+            assert answers == [[("X-A", "1")]] * len(clients)
         finally:
             for c in clients:
                 c.close()
@@ -142,30 +143,31 @@ def test_sigterm_closes_connections_waiting_on_the_loop_and_answers_calls_just_s
 
 def test_a_partial_frame_on_a_connection_waiting_on_the_loop_is_dropped_after_frame_timeout() -> None:
     with RunnerProcess(SUITE_PLUGINS, args=["--frame-timeout", "0.3"]) as proc:
-        with proc.client() as c:
-            token = c.prepare_conf(awaiting(set_headers={"X-A": "1"}))
-        (c,) = _on_loop(proc, token, 1)
-        with c:
-            c.sock.sendall(_frame_start(token))
-            assert c.sock.recv(16) == b""  # dropped, no reply
-        wait_for(lambda: "frame_timeout" in proc.log, "the warning")
-        line = next(x for x in proc.log.splitlines() if "frame_timeout" in x)
-        assert "WARNING" in line and "frame_timeout = 0.3" in line
-        (c,) = _on_loop(proc, token, 1)  # the others go on
-        c.close()
+        line = _dropped_with_a_warning(proc, _frame_start, "frame_timeout")
+        assert "frame_timeout = 0.3" in line
 
 
 def test_a_partial_frame_over_the_memory_budget_on_the_loop_is_dropped() -> None:
     with RunnerProcess(SUITE_PLUGINS, args=["--memory-budget", "1MiB"]) as proc:
-        with proc.client() as c:
-            token = c.prepare_conf(awaiting(set_headers={"X-A": "1"}))
-        (c,) = _on_loop(proc, token, 1)
-        with c:
-            c.sock.sendall(b"\x02\x20\x00\x00" + b"\0" * 1000)  # a 2 MiB call begins
-            assert c.sock.recv(16) == b""
-        wait_for(lambda: "memory_budget" in proc.log, "the warning")
-        line = next(x for x in proc.log.splitlines() if "memory_budget" in x)
-        assert "WARNING" in line and "1048576" in line
+        line = _dropped_with_a_warning(proc, lambda token: b"\x02\x20\x00\x00" + b"\0" * 1000, "memory_budget")
+        assert "1048576" in line  # (a 2 MiB call began)
+
+
+def _dropped_with_a_warning(proc: RunnerProcess, sent: Callable[[int], bytes], setting: str) -> str:
+    """A connection on the loop that sends ``sent(token)`` is dropped without a reply, with a warning
+    naming ``setting`` (returned), and the other connections go on."""
+    with proc.client() as c:
+        token = c.prepare_conf(awaiting(set_headers={"X-A": "1"}))
+    (c,) = _on_loop(proc, token, 1)
+    with c:
+        c.sock.sendall(sent(token))
+        assert c.sock.recv(16) == b""  # dropped, no reply
+    wait_for(lambda: setting in proc.log, "the warning")
+    line = next(x for x in proc.log.splitlines() if setting in x)
+    assert "WARNING" in line
+    (c,) = _on_loop(proc, token, 1)  # the others go on
+    c.close()
+    return line
 
 
 def test_a_peer_closing_a_connection_waiting_on_the_loop_is_forgotten() -> None:
