@@ -26,11 +26,11 @@ Rules:
 * A call the dispatcher returns as ``Pending`` (an async plugin chain) leaves
   its thread: the connection moves to the event loop (``loopside``: its socket
   non-blocking, ExtraInfo through ``ask_async``, frames and replies through
-  ``read_frame_async``/``send_async`` under the same bounds, received by
-  the loop's reader, ``inbox``) and stays there
-  while its calls are async. A frame read there that needs a thread comes
-  back with the connection (``handover``): ``serve`` answers it first, socket
-  blocking again, then goes on as above.
+  ``read_frame_async``/``send_async`` under the same bounds, what arrives
+  received by the loop's reader, ``inbox``) and stays there while its calls
+  are async. A frame read there that needs a thread comes back with the
+  connection (``handover``): ``serve`` answers it first, socket blocking
+  again, then goes on as above.
 """
 
 from __future__ import annotations

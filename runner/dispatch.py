@@ -191,13 +191,13 @@ class Dispatcher:
         return None
 
     def _run(self, type_: int, call: Call, routed: _Sync) -> bytes:
+        """A sync phase that ``handle_on_loop`` routed, run on a pool thread (``handle`` runs its own inline)."""
         phase, prepared, req = routed
         try:
             reply = frame.encode(type_, phase(prepared, req, call, self._watch))
         except Exception as e:
             return self._failed(type_, e)
-        if self.metrics is not None:  # (not ``_count``: a call less on every call's path)
-            self.metrics.call(_TYPE_NAMES.get(type_, "other"), "ok")
+        self._count(type_, "ok")
         return reply
 
     def _other(self, type_: int, payload: decode.Buffer, call: Call) -> bytes:
