@@ -42,7 +42,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from .calls import Call, OverBudget, Overrun, TooSlow
@@ -130,7 +129,6 @@ class Connection:
         dispatch = server.dispatcher.handle
         park = pool.may_park()  # a fresh connection may have sent nothing yet
         handed, self.handover = self.handover, None
-        run: Callable[..., bytes | Pending]
         try:
             while True:
                 if handed is None:
@@ -142,22 +140,22 @@ class Connection:
                         self.close()
                         return
                     assert isinstance(received, Frame)
+                    got: Frame | None = received
                     call = Call(self, server.call_timeout)
-                    run, args = dispatch, (received.type, received.payload, call)
-                    del received
                 else:  # a frame the event loop read and decoded: answered first
-                    call, off = handed
-                    run, args = off.run, off.args
-                    handed = None
+                    got, (call, off) = None, handed
                 worker.call = call
                 try:
-                    result = run(*args)
+                    if got is not None:
+                        result = dispatch(got.type, got.payload, call)
+                    else:
+                        handed, result = None, off.run(*off.args)
                 except BaseException:
                     call.finish()
                     raise
                 finally:
                     worker.call = None
-                del args
+                got = received = None  # (a body's payload goes before the reply does)
                 if isinstance(result, Pending):
                     server.on_loop.take(self, call, result)
                     return
