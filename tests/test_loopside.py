@@ -8,6 +8,7 @@ import signal
 import socket
 import textwrap
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -242,3 +243,27 @@ def test_a_call_timing_out_while_a_sync_step_waits_for_extra_info_leaves_the_loo
             with proc.client(timeout=5) as c:
                 for _ in range(3):
                     assert c.http_req_call(token).headers == [("X-A", "1")]
+
+
+def test_frames_sent_ahead_of_their_replies_on_the_loop_are_all_answered_in_order() -> None:
+    # APISIX never sends before its reply, but a peer that does loses nothing: what the loop's
+    # reader took ahead goes with the connection to the thread that answers the sync calls.
+    with RunnerProcess(SUITE_PLUGINS) as proc:
+        with proc.client() as c:
+            fast = c.prepare_conf(awaiting(set_headers={"X-A": "1"}))
+            slow = c.prepare_conf(awaiting(sleep=0.3, set_headers={"X-B": "1"}), key="route#2#ext-plugin-pre-req#1")
+            sync = c.prepare_conf(act(set_headers={"X-S": "1"}), key="route#3#ext-plugin-pre-req#1")
+        (c,) = _on_loop(proc, fast, 1)
+        with c:
+            frames = [encode_frame(2, _req(token, id=i)) for i, token in enumerate((slow, sync, sync, fast), 10)]
+            # Each in its own receive while the first one awaits: the reader holds two chunks ahead.
+            for ahead in (frames[0], frames[1], frames[2] + frames[3]):
+                c.sock.sendall(ahead)
+                time.sleep(0.05)
+            replies = []
+            for _ in frames:
+                type_, payload = c.read_frame()
+                assert type_ == 2
+                reply = decode_req_call_reply(payload)
+                replies.append((reply.id, reply.headers))
+        assert replies == [(10, [("X-B", "1")]), (11, [("X-S", "1")]), (12, [("X-S", "1")]), (13, [("X-A", "1")])]
