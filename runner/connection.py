@@ -127,21 +127,21 @@ class Connection:
         server = self.server
         pool = server.pool
         dispatch = server.dispatcher.handle
+        timeout = server.call_timeout
         park = pool.may_park()  # a fresh connection may have sent nothing yet
         handed, self.handover = self.handover, None
         try:
             while True:
                 if handed is None:
                     received = self.read_frame(park=park)
-                    if received is RELEASED:
-                        server.watch(self)
+                    if type(received) is not Frame:
+                        if received is RELEASED:
+                            server.watch(self)
+                        else:  # EOF
+                            self.close()
                         return
-                    if received is None:
-                        self.close()
-                        return
-                    assert isinstance(received, Frame)
                     got: Frame | None = received
-                    call = Call(self, server.call_timeout)
+                    call = Call(self, timeout)
                 else:  # a frame the event loop read and decoded: answered first
                     got, (call, off) = None, handed
                 worker.call = call

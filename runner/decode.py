@@ -293,11 +293,9 @@ class ReqCall:
         self._table = table
         self._spent: dict[int, int] | None = None  # slot -> what decoding it cost (most calls read nothing)
 
-    @property
     def path(self) -> str:
         return self._part(HTTPReqCallReq.PATH, "HTTPReqCall.Req path", _Table.text) or "/"
 
-    @property
     def src_ip(self) -> bytes:
         return self._part(HTTPReqCallReq.SRC_IP, "HTTPReqCall.Req src_ip", _Table.byte_vector) or b""
 

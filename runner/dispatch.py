@@ -12,10 +12,11 @@ so the caller sends nothing), and where the running plugin is noted for the
 watchdog. A call whose plugin chain has an async method is returned as
 ``Pending``: the caller runs it on the event loop and sends what it gives.
 
-A frame read on the event loop goes through ``handle_on_loop``: a call whose
-chain is async comes back as ``Pending``, anything else (PrepareConf, a sync
-chain, an unknown token, a bad frame) as ``OffLoop``, decoded once and run by
-a pool thread: no sync plugin code, ``configure`` included, runs on the loop.
+A frame read on the event loop goes through ``handle(..., on_loop=True)``: a
+call whose chain is async comes back as ``Pending``, anything else
+(PrepareConf, a sync chain, an unknown token, a bad frame) as ``OffLoop``,
+decoded once and run by a pool thread: no sync plugin code, ``configure``
+included, runs on the loop.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias, overload
 
 from . import aio, decode, encode, frame
 from .errors import (
@@ -98,10 +99,8 @@ class OffLoop:
         self.args = args
 
 
-# A sync phase (``phases.run_request_phase``...), with what it runs on: decoded once.
+# A sync phase (``phases.run_request_phase``...), run on what was decoded for it.
 SyncPhase: TypeAlias = Callable[[Prepared, Any, Call, Watch], bytes]
-_Sync: TypeAlias = tuple[SyncPhase, Prepared, decode.ReqCall | decode.RespCall]  # a sync phase, what it runs
-_Routed: TypeAlias = Pending | _Sync | None
 
 
 def _unusable(reason: str) -> Prepared:
@@ -140,59 +139,51 @@ class Dispatcher:
         self.registry = registry
         self.cache.forget_keys()
 
-    def handle(self, type_: int, payload: decode.Buffer, call: Call) -> bytes | Pending:
+    @overload
+    def handle(
+        self, type_: int, payload: decode.Buffer, call: Call, on_loop: Literal[False] = False
+    ) -> bytes | Pending: ...
+    @overload
+    def handle(self, type_: int, payload: decode.Buffer, call: Call, on_loop: Literal[True]) -> Pending | OffLoop: ...
+
+    def handle(
+        self, type_: int, payload: decode.Buffer, call: Call, on_loop: bool = False
+    ) -> bytes | Pending | OffLoop:
         """The reply frame for one request frame, or a ``Pending`` call for the event loop.
 
-        Raises only ``CallAbandoned``.
+        ``on_loop``: the frame was read on the event loop, which runs no sync
+        code: anything but a ``Pending`` comes back as ``OffLoop``, for a pool
+        thread. Raises only ``CallAbandoned``.
         """
+        # One branch per type, phase inlined: this is every call's path (plain
+        # ints: an enum member costs a lookup, per call).
         try:
-            routed = self._route(type_, payload, call)
-            if type(routed) is tuple:  # a sync phase: ``_run``, inlined (every sync call's path)
-                phase, prepared, req = routed
-                reply = frame.encode(type_, phase(prepared, req, call, self._watch))
+            if type_ == _REQ_CALL:
+                req = decode.req_call(payload)
+                prepared = self._lookup(req, call)
+                if prepared.async_request:
+                    return Pending(self._finish(run_request_phase_async(prepared, req, call, self._watch), type_))
+                if on_loop:
+                    return OffLoop(self._run, type_, call, run_request_phase, prepared, req)
+                reply = frame.encode(_REQ_CALL, run_request_phase(prepared, req, call, self._watch))
+            elif type_ == _RESP_CALL:
+                resp = decode.resp_call(payload)
+                prepared = self._lookup(resp, call)
+                if prepared.async_response:
+                    return Pending(self._finish(run_response_phase_async(prepared, resp, call, self._watch), type_))
+                if on_loop:
+                    return OffLoop(self._run, type_, call, run_response_phase, prepared, resp)
+                reply = frame.encode(_RESP_CALL, run_response_phase(prepared, resp, call, self._watch))
+            else:
+                return OffLoop(self._other, type_, payload, call) if on_loop else self._other(type_, payload, call)
         except Exception as e:
-            return self._failed(type_, e)
-        if routed is None:
-            return self._other(type_, payload, call)
-        if type(routed) is Pending:
-            return routed
+            return OffLoop(self._failed, type_, e) if on_loop else self._failed(type_, e)
         if self.metrics is not None:
-            self.metrics.call(_TYPE_NAMES.get(type_, "other"), "ok")
+            self.metrics.call(_TYPE_NAMES[type_], "ok")
         return reply
 
-    def handle_on_loop(self, type_: int, payload: decode.Buffer, call: Call) -> Pending | OffLoop:
-        """``handle`` for a frame read on the event loop: ``Pending`` if its chain is async, else
-        ``OffLoop`` for a pool thread (whatever else it needs runs there, errors logged there too)."""
-        try:
-            routed = self._route(type_, payload, call)
-        except Exception as e:
-            return OffLoop(self._failed, type_, e)
-        if routed is None:
-            return OffLoop(self._other, type_, payload, call)
-        if isinstance(routed, Pending):
-            return routed
-        return OffLoop(self._run, type_, call, routed)
-
-    def _route(self, type_: int, payload: decode.Buffer, call: Call) -> _Routed:
-        """An HTTP call decoded and looked up: ``Pending`` if its chain is async, else its sync phase;
-        ``None`` for any other type. Raises what decoding and the lookup raise."""
-        if type_ == _REQ_CALL:  # (plain ints: an enum member costs a lookup, per call)
-            req = decode.req_call(payload)
-            prepared = self._lookup(req, call)
-            if prepared.async_request:
-                return Pending(self._finish(run_request_phase_async(prepared, req, call, self._watch), type_))
-            return run_request_phase, prepared, req
-        if type_ == _RESP_CALL:
-            resp = decode.resp_call(payload)
-            prepared = self._lookup(resp, call)
-            if prepared.async_response:
-                return Pending(self._finish(run_response_phase_async(prepared, resp, call, self._watch), type_))
-            return run_response_phase, prepared, resp
-        return None
-
-    def _run(self, type_: int, call: Call, routed: _Sync) -> bytes:
-        """A sync phase that ``handle_on_loop`` routed, run on a pool thread (``handle`` runs its own inline)."""
-        phase, prepared, req = routed
+    def _run(self, type_: int, call: Call, phase: SyncPhase, prepared: Prepared, req: Any) -> bytes:
+        """A sync phase that ``handle`` found on the event loop, run on a pool thread."""
         try:
             reply = frame.encode(type_, phase(prepared, req, call, self._watch))
         except Exception as e:

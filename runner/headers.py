@@ -139,9 +139,9 @@ class MultiDict:
         name, value = self._name, self._value
         return [(name(n), value(v)) for n, v in source]
 
-    @staticmethod
-    def _fold(name: str) -> str:
-        return name
+    # How names compare (here: exactly; ``Headers``: case-insensitively). A C
+    # function, not a Python one: it runs for every pair a change looks at.
+    _fold: Callable[[str], str] = staticmethod(str)
 
     @staticmethod
     def _name(name: object) -> str:
@@ -292,7 +292,9 @@ class MultiDict:
         if touched is not None and not touched:
             return []
         if self._items is None:
-            last = {self._fold(name): (name, [value]) for name, value in self._sets}
+            last: dict[str, tuple[str, list[str] | None]] = {}
+            for name, value in self._sets:
+                last[self._fold(name)] = (name, [value])
             return list(last.values())
         before = self._group(self.sent(), touched)
         after = self._group(self._items, touched)
@@ -323,9 +325,7 @@ class Headers(MultiDict):
 
     __slots__ = ()
 
-    @staticmethod
-    def _fold(name: str) -> str:
-        return name.lower()
+    _fold = staticmethod(str.lower)
 
     @staticmethod
     def _name(name: object) -> str:

@@ -28,17 +28,14 @@ import ipaddress
 import math
 import re
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
 from .extra import ExtraInfo
 from .frame import MAX_PAYLOAD
-from .headers import UNENCODABLE, Args, Headers, Load, MultiDict, Pairs, refuse_character
+from .headers import UNENCODABLE, Args, Headers, Load, Pairs, refuse_character
 from .protocol import InfoKind
 
 __all__ = ["MAX_BODY", "ExtraInfo", "InfoKind", "Request", "Response"]
-
-_M = TypeVar("_M", bound=MultiDict)
-_M_co = TypeVar("_M_co", bound=MultiDict, covariant=True)
 
 
 #: The largest body a plugin may set: one frame, minus room for the rest of the
@@ -56,9 +53,7 @@ class SentRequest(Protocol):
     id: int
     method: str
 
-    @property
     def path(self) -> str: ...
-    @property
     def src_ip(self) -> bytes: ...
     def headers(self) -> list[tuple[str, str]]: ...
     def args(self) -> list[tuple[str, str]]: ...
@@ -103,30 +98,6 @@ def _checked_status(value: object) -> int:
     return value
 
 
-class _PairsAttribute(Protocol[_M_co]):
-    """A ``_pairs_attribute`` as type checkers see it: it reads as its mapping kind; any pairs can be assigned."""
-
-    def __get__(self, obj: object, owner: type | None = None) -> _M_co: ...
-    def __set__(self, obj: object, value: Pairs) -> None: ...
-
-
-def _pairs_attribute(kind: type[_M], slot: str) -> _PairsAttribute[_M]:
-    """``headers`` or ``args``: the ``kind`` mapping built on first use from what the constructor kept in
-    ``slot`` (pairs or a loader); assigning pairs replaces it, still compared with what APISIX sent."""
-
-    def get(self: Any) -> _M:
-        pairs = getattr(self, slot)
-        if not isinstance(pairs, kind):
-            pairs = kind(load=pairs)
-            setattr(self, slot, pairs)
-        return pairs
-
-    def set(self: Any, value: Pairs) -> None:
-        setattr(self, slot, kind(value, load=get(self).sent))
-
-    return property(get, set)
-
-
 class _Message:
     """What a request and a response share: lazily built ``headers``, a settable body, ``var()``."""
 
@@ -137,7 +108,18 @@ class _Message:
     _new_body: bytes | None
     _extra: ExtraInfo
 
-    headers = _pairs_attribute(Headers, "_headers")
+    @property
+    def headers(self) -> Headers:
+        """The headers: built on first use from what the constructor kept (pairs, or a loader);
+        assigning any pairs replaces them, still compared with what APISIX sent."""
+        headers = self._headers
+        if not isinstance(headers, Headers):
+            headers = self._headers = Headers(load=headers)
+        return headers
+
+    @headers.setter
+    def headers(self, value: Pairs) -> None:
+        self._headers = Headers(value, load=self.headers.sent)
 
     def _set_body(self, value: bytes | str) -> None:
         self._new_body = _body_bytes(value)
@@ -223,8 +205,8 @@ class Request(_Message):
         """
         request = cls.__new__(cls)
         request.id, request.method, request.deadline = sent.id, sent.method, deadline
-        request._sent_path, request._path = lambda: sent.path, None
-        request._src_ip = lambda: sent.src_ip
+        request._sent_path, request._path = sent.path, None
+        request._src_ip = sent.src_ip
         request._headers, request._args = sent.headers, sent.args
         request._body = request._new_body = None
         request._extra = extra
@@ -261,7 +243,17 @@ class Request(_Message):
         self._src_ip = ip
         return ip
 
-    args = _pairs_attribute(Args, "_args")
+    @property
+    def args(self) -> Args:
+        """The query args, as ``headers``."""
+        args = self._args
+        if not isinstance(args, Args):
+            args = self._args = Args(load=args)
+        return args
+
+    @args.setter
+    def args(self, value: Pairs) -> None:
+        self._args = Args(value, load=self.args.sent)
 
     def changes(self) -> tuple[str | None, list[tuple[str, list[str] | None]], list[tuple[str, list[str] | None]]]:
         """``(new path or None, header changes, arg changes)`` against what APISIX sent (see ``Headers.changes``)."""

@@ -75,7 +75,7 @@ class OnLoop:
     async def _serve(self, conn: Connection, call: Call, pending: Pending) -> None:
         """The connection's task: its calls while they are async, and the waits between them."""
         server = self.server
-        dispatch = server.dispatcher.handle_on_loop
+        dispatch = server.dispatcher.handle
         task = asyncio.current_task()
         assert task is not None
         running, idle = self.running, self.idle
@@ -106,7 +106,7 @@ class OnLoop:
                 if received is None:
                     return
                 call = Call(conn, server.call_timeout)
-                result = dispatch(received.type, received.payload, call)
+                result = dispatch(received.type, received.payload, call, on_loop=True)
                 del received
                 if isinstance(result, OffLoop):
                     self._hand_over(conn, call, result)

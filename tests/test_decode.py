@@ -52,7 +52,7 @@ def _has_field(payload: bytes, slot: int) -> bool:
 def _req_call_fully(payload: bytes) -> decode.ReqCall:
     """An HTTPReqCall with every part decoded (all but the id, token and method wait for first use)."""
     call = decode.req_call(payload)
-    call.headers(), call.args(), call.path, call.src_ip
+    call.headers(), call.args(), call.path(), call.src_ip()
     return call
 
 
@@ -87,8 +87,8 @@ def test_prepare_conf_with_empty_conf_vector_decodes_as_empty_list() -> None:
 def test_req_call_example_decodes_every_field() -> None:
     call = decode.req_call(REQ_CALL_REQ)
     assert (call.id, call.conf_token, call.method) == (0, 1, "GET")
-    assert call.path == "/hello"
-    assert call.src_ip == b"\x7f\x00\x00\x01"
+    assert call.path() == "/hello"
+    assert call.src_ip() == b"\x7f\x00\x00\x01"
     assert sorted(call.args()) == [("flag", ""), ("x", "1")]
     assert call.headers() == [("host", "localhost")]
 
@@ -108,7 +108,7 @@ def test_req_call_repeated_headers_are_kept_in_order() -> None:
 def test_req_call_non_utf8_bytes_decode_losslessly() -> None:
     raw_path, raw_value, raw_arg = b"/caf\xe9/\xff", b"\x80\xfe latin-1 \xe9", b"\xc3\x28"
     call = decode.req_call(_req(path=raw_path, headers=[("x-raw", raw_value)], args=[(raw_arg, raw_arg)]))
-    assert call.path.encode("utf-8", "surrogateescape") == raw_path
+    assert call.path().encode("utf-8", "surrogateescape") == raw_path
     assert call.headers()[0][1].encode("utf-8", "surrogateescape") == raw_value
     assert call.args()[0][0].encode("utf-8", "surrogateescape") == raw_arg
 
@@ -119,7 +119,7 @@ def test_req_call_non_utf8_bytes_decode_losslessly() -> None:
     ids=["ipv4-loopback", "ipv4", "ipv6-loopback", "ipv6"],
 )
 def test_req_call_src_ip_bytes_pass_through_unchanged(src_ip: bytes) -> None:
-    assert decode.req_call(_req(src_ip=src_ip)).src_ip == src_ip
+    assert decode.req_call(_req(src_ip=src_ip)).src_ip() == src_ip
 
 
 def test_req_call_get_is_sent_without_method_field_and_reads_as_get() -> None:
@@ -156,13 +156,13 @@ def test_req_call_empty_args_and_headers_decode_as_empty_lists() -> None:
 
 def test_req_call_without_path_or_address_reads_as_root_and_no_address() -> None:
     call = decode.req_call(shared_entries(scalars={HTTPReqCallReq.ID: 3}, vectors={}))
-    assert (call.path, call.src_ip, call.headers(), call.args()) == ("/", b"", [], [])
+    assert (call.path(), call.src_ip(), call.headers(), call.args()) == ("/", b"", [], [])
 
 
 def test_req_call_parts_read_again_decode_the_same() -> None:
     call = decode.req_call(_req(headers=[("a", "1")], args=[("b", None)], path="/p"))
     for _ in range(3):
-        assert (call.path, call.headers(), call.args()) == ("/p", [("a", "1")], [("b", "")])
+        assert (call.path(), call.headers(), call.args()) == ("/p", [("a", "1")], [("b", "")])
 
 
 # --- HTTPRespCall ---------------------------------------------------------------
@@ -201,8 +201,8 @@ def test_extra_info_result_bytes_are_returned_unchanged() -> None:
 def test_every_message_decodes_the_same_from_a_bytearray() -> None:
     payload = _req(headers=[("h", "v")], args=[("a", None)], path="/p")
     from_bytes, from_array = _req_call_fully(payload), _req_call_fully(bytearray(payload))
-    assert (from_array.path, from_array.headers(), from_array.args()) == (
-        from_bytes.path,
+    assert (from_array.path(), from_array.headers(), from_array.args()) == (
+        from_bytes.path(),
         from_bytes.headers(),
         from_bytes.args(),
     )

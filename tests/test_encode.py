@@ -232,7 +232,7 @@ def test_bytes_apisix_sent_go_back_out_unchanged_whatever_their_encoding() -> No
         src_ip=b"",
     )
     call = decode.req_call(request)
-    payload = encode.rewrite(1, path=call.path, headers=call.headers(), args=call.args(), resp_headers=call.headers())
+    payload = encode.rewrite(1, path=call.path(), headers=call.headers(), args=call.args(), resp_headers=call.headers())
     rewrite = _action(payload, RewriteTable)
     assert bytes(rewrite.Path()) == raw_path
     assert _raw_entries(rewrite, "Headers") == [(b"x-raw", raw_value)]
