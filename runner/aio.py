@@ -30,14 +30,14 @@ T = TypeVar("T")
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
-_thread: threading.Thread | None = None
+_ident: int | None = None  # the loop thread's (``threading.get_ident`` is cheap, ``current_thread`` is not)
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
 SYNC_STEP_THREADS = 32  # sync plugins of async chains running at once
 
 
 def loop() -> asyncio.AbstractEventLoop:
     """The process's loop, started on first use."""
-    global _loop, _thread
+    global _loop, _ident
     with _lock:
         if _loop is None:
             ready = threading.Event()
@@ -48,10 +48,10 @@ def loop() -> asyncio.AbstractEventLoop:
                 new.call_soon(ready.set)
                 new.run_forever()
 
-            _thread = threading.Thread(target=run, name="asyncio", daemon=True)
-            _thread.start()
+            thread = threading.Thread(target=run, name="asyncio", daemon=True)
+            thread.start()
             ready.wait()
-            _loop = new
+            _ident, _loop = thread.ident, new
         return _loop
 
 
@@ -60,7 +60,7 @@ def running() -> bool:
 
 
 def on_loop() -> bool:
-    return _thread is not None and threading.current_thread() is _thread
+    return threading.get_ident() == _ident
 
 
 def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:

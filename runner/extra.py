@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from . import aio
 from .protocol import InfoKind
 
+_VAR = InfoKind.VAR  # bound once: an enum member is an attribute lookup, per question
+
 
 class ExtraInfo:
     """One call's ExtraInfo answers: each ``(kind, name)`` is asked of APISIX at most once.
@@ -68,10 +70,10 @@ class ExtraInfo:
 
     def var(self, name: str) -> str | None:
         """An nginx/APISIX variable as text; ``None`` when APISIX has no value for it."""
-        return _text(self.ask(InfoKind.VAR, name))
+        return _text(self.ask(_VAR, name))
 
     async def fetch_var(self, name: str) -> str | None:
-        return _text(await self.fetch(InfoKind.VAR, name))
+        return _text(await self.fetch(_VAR, name))
 
 
 def _text(raw: bytes | None) -> str | None:
