@@ -99,8 +99,9 @@ class OffLoop:
         self.args = args
 
 
-# A sync phase (``phases.run_request_phase``...), run on what was decoded for it.
+# A phase (``phases.run_request_phase``...), run on what was decoded for it; and its async form.
 SyncPhase: TypeAlias = Callable[[Prepared, Any, Call, Watch], bytes]
+AsyncPhase: TypeAlias = Callable[[Prepared, Any, Call, Watch], Coroutine[Any, Any, bytes]]
 
 
 def _unusable(reason: str) -> Prepared:
@@ -155,27 +156,27 @@ class Dispatcher:
         code: anything but a ``Pending`` comes back as ``OffLoop``, for a pool
         thread. Raises only ``CallAbandoned``.
         """
-        # One branch per type, phase inlined: this is every call's path (plain
-        # ints: an enum member costs a lookup, per call).
+        # The phase runs right here: this is every call's path (plain ints: an
+        # enum member costs a lookup, per call).
+        phase: SyncPhase
+        later: AsyncPhase
+        req: Any  # a ReqCall or a RespCall: the kind its phase takes
         try:
             if type_ == _REQ_CALL:
                 req = decode.req_call(payload)
                 prepared = self._lookup(req, call)
-                if prepared.async_request:
-                    return Pending(self._finish(run_request_phase_async(prepared, req, call, self._watch), type_))
-                if on_loop:
-                    return OffLoop(self._run, type_, call, run_request_phase, prepared, req)
-                reply = frame.encode(_REQ_CALL, run_request_phase(prepared, req, call, self._watch))
+                awaited, phase, later = prepared.async_request, run_request_phase, run_request_phase_async
             elif type_ == _RESP_CALL:
-                resp = decode.resp_call(payload)
-                prepared = self._lookup(resp, call)
-                if prepared.async_response:
-                    return Pending(self._finish(run_response_phase_async(prepared, resp, call, self._watch), type_))
-                if on_loop:
-                    return OffLoop(self._run, type_, call, run_response_phase, prepared, resp)
-                reply = frame.encode(_RESP_CALL, run_response_phase(prepared, resp, call, self._watch))
+                req = decode.resp_call(payload)
+                prepared = self._lookup(req, call)
+                awaited, phase, later = prepared.async_response, run_response_phase, run_response_phase_async
             else:
                 return OffLoop(self._other, type_, payload, call) if on_loop else self._other(type_, payload, call)
+            if awaited:
+                return Pending(self._finish(later(prepared, req, call, self._watch), type_))
+            if on_loop:
+                return OffLoop(self._run, type_, call, phase, prepared, req)
+            reply = frame.encode(type_, phase(prepared, req, call, self._watch))
         except Exception as e:
             return OffLoop(self._failed, type_, e) if on_loop else self._failed(type_, e)
         if self.metrics is not None:
