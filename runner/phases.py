@@ -130,13 +130,24 @@ _Step = Callable[..., Any]  # call_filter and friends
 
 
 def _run(name: str, what: str, req: _Req, call: Call, watch: Watch, fn: _Step, *args: object) -> Any:
-    """Call one plugin method, as the module docstring says."""
-    started = _admit(name, call, watch)
+    """Call one plugin method, as the module docstring says.
+
+    ``_admit`` and ``_ran`` are written out here: this runs for each plugin
+    of every sync call, and the two calls were 0.5-0.8 µs of it
+    (``bench/inproc.py``, rewrite: 1.12 -> 1.06 x 57cd76a).
+    """
+    metrics, stuck = watch
+    if call.given_up or stuck is not None and stuck.counts and stuck.over(name):
+        raise _refusal(name, call, stuck)
+    call.plugin = name
+    started = time.perf_counter() if metrics is not None else 0.0
     try:
         result = fn(*args)
     except BaseException as e:
         _failed(name, what, req, call, watch, started, e, on_loop=False)
-    _ran(name, call, watch[0], started, False)
+    call.plugin = None
+    if metrics is not None:
+        metrics.plugin(name, time.perf_counter() - started, False)
     return result
 
 
@@ -155,13 +166,18 @@ async def _run_async(
 
 def _admit(name: str, call: Call, watch: Watch) -> float:
     """Check that the plugin may run, note it as running; its start time (0 without metrics)."""
-    if call.given_up:
-        raise CallAbandoned(f"the call was given up: plugin {name!r} is not run")
     metrics, stuck = watch
-    if stuck is not None and stuck.counts and stuck.over(name):
-        raise PluginStuck(name, stuck.limit)
+    if call.given_up or stuck is not None and stuck.counts and stuck.over(name):
+        raise _refusal(name, call, stuck)
     call.plugin = name
     return time.perf_counter() if metrics is not None else 0.0
+
+
+def _refusal(name: str, call: Call, stuck: StuckCalls | None) -> CallAbandoned | PluginStuck:
+    """Why the plugin may not run: its call was given up, or it has too many stuck calls."""
+    if call.given_up or stuck is None:
+        return CallAbandoned(f"the call was given up: plugin {name!r} is not run")
+    return PluginStuck(name, stuck.limit)
 
 
 def _failed(
