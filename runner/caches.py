@@ -13,9 +13,10 @@ Rules:
   benchmark's frames and plugins (bench/frames.py, bench/plugins), measured
   with ``bench/inproc.py`` (600 paired rounds of 256 calls, with and without,
   Python 3.11 on a 2-vCPU VM). The same harness moves by up to 2-3 % between
-  two builds that differ in unrelated code, so a smaller gain does not count:
-  a cache of the reply's vector header (the ``struct`` packer of each vector
-  length) gained 1-2 % and was deleted.
+  two builds that differ in unrelated code, so a smaller gain does not count
+  here. (The packers of a vector's header, one per length, gained 1-2 % there
+  and are now a fixed table in ``encode``: ``bench/cachegrind.py`` counts what
+  formatting them per call costs.)
 
 Sections: one per cache, named after the module that fills it.
 """

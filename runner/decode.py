@@ -94,7 +94,7 @@ _i32 = struct.Struct("<i").unpack_from
 # table has 7 slots); the slots a vtable lacks read as absent (0).
 _MAX_SLOTS = 8
 _slot_readers = [struct.Struct(f"<{n}H").unpack_from for n in range(_MAX_SLOTS + 1)]
-_ABSENT = (0,) * _MAX_SLOTS
+_ABSENT = tuple((0,) * (_MAX_SLOTS - n) for n in range(_MAX_SLOTS + 1))  # by slots present
 
 
 def _vtable(buf: Buffer, vt: int) -> tuple[int, ...]:
@@ -107,7 +107,7 @@ def _vtable(buf: Buffer, vt: int) -> tuple[int, ...]:
         raise DecodeError(f"vtable of {vt_len} bytes does not fit the payload")
     n = min((vt_len - 4) // 2, _MAX_SLOTS)
     slots: tuple[int, ...] = _slot_readers[n](buf, vt + 4)
-    return slots + _ABSENT[n:]
+    return slots + _ABSENT[n]
 
 
 def _budget(payload: Buffer) -> int:

@@ -118,8 +118,16 @@ def _entry_vector(pairs: Entries) -> bytes:
         cells.append(at + 8 - (4 + 4 * len(cells)))
         blobs.append(entry)
         at += len(entry)
-    blobs[0] = struct.pack(f"<{count + 1}I", count, *cells)
+    pack = _VECTOR_HEADS[count] if count < len(_VECTOR_HEADS) else struct.Struct(f"<{count + 1}I").pack
+    blobs[0] = pack(count, *cells)
     return b"".join(blobs)
+
+
+# The packer of a vector's count and cells, by count, made once for the usual
+# sizes: formatting the struct format per vector (an int to text, a new string
+# to hash) missed the instruction cache on every call (bench/cachegrind.py: rewrite,
+# two vectors, about 30 I1 misses and 650 instructions per call).
+_VECTOR_HEADS = tuple(struct.Struct(f"<{n + 1}I").pack for n in range(64))
 
 
 def _child(child: object) -> bytes:

@@ -329,6 +329,17 @@ class Response(_Message):
         response._extra = extra
         return response
 
+    @classmethod
+    def from_upstream(cls, status: int, headers: Load, extra: ExtraInfo, deadline: float) -> Response:
+        """``Response(status, headers, extra, upstream=True)`` for a call the runner received (on every
+        response-phase call's path: ``headers`` returns what APISIX sent, loaded on first use)."""
+        response = cls.__new__(cls)
+        response.deadline, response._status, response._upstream = deadline, status, True
+        response._headers = headers
+        response._body = response._new_body = None
+        response._extra = extra
+        return response
+
     @property
     def status_code(self) -> int:
         return self._status

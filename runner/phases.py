@@ -216,18 +216,12 @@ def _failure(name: str, what: str, req: decode.ReqCall | decode.RespCall, error:
 # --- the request phase --------------------------------------------------------------
 
 
-def _request_objects(
-    req: decode.ReqCall, call: Call, metrics: Metrics | None, on_loop: bool = False
-) -> tuple[Request, Response]:
-    extra = _extra_info(call, metrics, on_loop)
-    return Request.from_apisix(req, extra, call.deadline), Response.for_request(extra, call.deadline)
-
-
 def run_request_phase(prepared: Prepared, req: decode.ReqCall, call: Call, watch: Watch = _UNWATCHED) -> bytes:
     """Run the request-phase chain; the HTTPReqCall.Resp payload. Plugin failures raise ``PluginError``."""
     if not prepared.request_chain:
         return encode.no_action(req.id)
-    request, response = _request_objects(req, call, watch[0])
+    extra, deadline = _extra_info(call, watch[0], False), call.deadline
+    request, response = Request.from_apisix(req, extra, deadline), Response.for_request(extra, deadline)
     for name, plugin in prepared.request_chain:
         if _run(name, "filter", req, call, watch, call_filter, plugin, request, response):
             return _stop(req, response)
@@ -238,7 +232,8 @@ async def run_request_phase_async(
     prepared: Prepared, req: decode.ReqCall, call: Call, watch: Watch = _UNWATCHED
 ) -> bytes:
     """``run_request_phase`` for a chain with an async filter."""
-    request, response = _request_objects(req, call, watch[0], on_loop=True)
+    extra, deadline = _extra_info(call, watch[0], True), call.deadline
+    request, response = Request.from_apisix(req, extra, deadline), Response.for_request(extra, deadline)
     for (name, plugin), awaited in zip(prepared.request_chain, prepared.request_awaited, strict=True):
         step = call_filter_async if awaited else call_filter
         if await _run_async(name, "filter", req, call, watch, awaited, step, plugin, request, response):
@@ -293,10 +288,8 @@ def _ignored_by_apisix(name: str) -> bool:
 
 
 def _upstream_response(resp: decode.RespCall, call: Call, metrics: Metrics | None, on_loop: bool = False) -> Response:
-    extra = _extra_info(call, metrics, on_loop)
-    response = Response(resp.status, lambda: resp.headers, extra, upstream=True)
-    response.deadline = call.deadline
-    return response
+    # (``copy``: a C callable that hands the decoded headers over when first read)
+    return Response.from_upstream(resp.status, resp.headers.copy, _extra_info(call, metrics, on_loop), call.deadline)
 
 
 def run_response_phase(prepared: Prepared, resp: decode.RespCall, call: Call, watch: Watch = _UNWATCHED) -> bytes:

@@ -171,6 +171,30 @@ def test_call_timeout_cancels_an_async_call_with_a_503_naming_where_it_awaits() 
             assert c.http_req_call(c.prepare_conf(awaiting(set_headers={"X": "1"}), key="r#t")).headers == [("X", "1")]
 
 
+def test_no_plugin_runs_after_an_async_call_was_given_up(tmp_path: Path) -> None:
+    (tmp_path / "steps.py").write_text(
+        "import asyncio\n"
+        "from runner import Plugin\n"
+        "class Stubborn(Plugin):\n"
+        "    name = 'stubborn'\n"
+        "    async def filter(self, request, response):\n"
+        "        try:\n"
+        "            await asyncio.Event().wait()\n"
+        "        except asyncio.CancelledError:\n"
+        "            pass  # swallowed: its chain would go on\n"
+        "class Mark(Plugin):\n"
+        "    name = 'mark'\n"
+        "    async def filter(self, request, response):\n"
+        "        open(self.config, 'w').close()\n"
+    )
+    mark = tmp_path / "ran"
+    with RunnerProcess(tmp_path, args=["--call-timeout", "0.2"]) as proc, proc.client() as c:
+        token = c.prepare_conf([("stubborn", ""), ("mark", json.dumps(str(mark)))])
+        assert c.http_req_call(token).err == ErrCode.SERVICE_UNAVAILABLE
+        wait_for(lambda: "async call timed out" in proc.log, "the timeout line")
+    assert not mark.exists()  # (the runner has exited: its loop is done with the chain)
+
+
 def test_a_slow_async_call_is_logged_with_where_it_awaits() -> None:
     with RunnerProcess(SUITE_PLUGINS, args=["--slow-call", "0.1"]) as proc, proc.client() as c:
         assert c.http_req_call(c.prepare_conf(awaiting(sleep=0.4, set_headers={"X": "1"}))).headers == [("X", "1")]

@@ -160,6 +160,13 @@ def test_replies_stay_whole_across_thousands_of_distinct_headers_and_stops() -> 
         assert (rewritten.id, rewritten.headers) == (i, headers)
 
 
+@pytest.mark.parametrize("count", [0, 1, 2, 63, 64, 65, 300])
+def test_header_lists_of_any_length_read_back_whole(count: int) -> None:
+    headers = [(f"X-H{i}", f"v{i}") for i in range(count)]
+    reply = decode_req_call_reply(encode.rewrite(5, headers=headers, args=headers))
+    assert (reply.headers, reply.args) == (headers, headers)
+
+
 # --- HTTPReqCall.Resp: Rewrite --------------------------------------------------------
 
 
