@@ -4,9 +4,10 @@
 unrelated code move by 2-3 % there. This counts instead: each checkout's
 runner handles the benchmark's frames (as in ``inproc.py``, one checkout per
 process) under valgrind's cachegrind, which simulates the caches and branch
-predictor of the machine it runs on. The figures are the same from run to run
-(``PYTHONHASHSEED=0``), so a change of a few instructions or misses per call
-shows. A call's figures are the difference between a run of ``1 + batches``
+predictor of the machine it runs on. The figures move little from run to run
+(``PYTHONHASHSEED=0``; where code and data land still varies: two runs of the
+same code differed by up to 0.7 % in instructions and 6 % in I1 misses), so
+compare checkouts within one run. A call's figures are the difference between a run of ``1 + batches``
 batches of 256 calls and a run of one, so start-up is left out.
 
 What it shows and timing does not: where a call's cost goes when the caches
@@ -59,11 +60,17 @@ def count(root: Path, scenario: str, batches: int) -> dict[str, int]:
     ]  # fmt: skip
     env = dict(os.environ, PYTHONHASHSEED="0")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    totals = {}
-    for found in filter(None, map(_SUMMARY.search, done.stderr.splitlines())):
-        totals[" ".join(found[1].split())] = int(found[2].replace(",", ""))  # ("I1  misses": aligned by valgrind)
+    totals = summary(done.stderr)
     if done.returncode != 0 or len(totals) != len(EVENTS):
         raise SystemExit(f"cachegrind failed for {root} {scenario}:\n{done.stderr[-2000:]}")
+    return totals
+
+
+def summary(stderr: str) -> dict[str, int]:
+    """The totals of ``EVENTS`` in cachegrind's summary (which aligns names with spaces: ``I1  misses``)."""
+    totals = {}
+    for found in filter(None, map(_SUMMARY.search, stderr.splitlines())):
+        totals[" ".join(found[1].split())] = int(found[2].replace(",", ""))
     return totals
 
 

@@ -101,8 +101,8 @@ class Call:
     """One call on a connection: its ExtraInfo line to APISIX, its deadline, what runs in it."""
 
     __slots__ = (
-        "conn", "started", "deadline", "plugin", "request_id", "conf_token", "state", "given_up", "slow_logged",
-        "stuck", "returned", "_alock",
+        "conn", "started", "deadline", "plugin", "request_id", "conf_token", "state", "slow_logged", "stuck",
+        "returned", "_alock",
     )  # fmt: skip
 
     def __init__(self, conn: Line, timeout: float) -> None:
@@ -113,13 +113,15 @@ class Call:
         self.request_id = 0
         self.conf_token = 0
         self.state = _RUNNING
-        #: Whether the call was given up at its deadline: nothing more may run for it. An
-        #: attribute, not a property: it is read before every plugin of every call.
-        self.given_up = False
         self.slow_logged = False
         self.stuck: str | None = None  # the name it counts under in StuckCalls (its thread was given up on)
         self.returned = False  # its thread is back from the plugins
         self._alock: asyncio.Lock | None = None
+
+    @property
+    def given_up(self) -> bool:
+        """Whether the call has been given up at its deadline: nothing more may run for it."""
+        return self.state is _EXPIRED or self.conn.abandoned
 
     def ask(self, question: bytes) -> bytes | bytearray:
         """Ask APISIX one ExtraInfo question on the call's connection; return its answer's payload.
@@ -196,7 +198,6 @@ class Call:
             if self.state is not _RUNNING:
                 return False
             self.state = _EXPIRED
-            self.given_up = True
             return True
 
     def expire(self, reply: bytes) -> bool:
@@ -204,7 +205,6 @@ class Call:
         socket takes it at once, close the connection; ``False`` if it had ended."""
         conn = self.conn
         conn.abandoned = True  # an ExtraInfo wait holding the lock lets go at its next receive timeout
-        self.given_up = True
         with conn.lock:
             if self.state is not _RUNNING:
                 return False

@@ -320,21 +320,14 @@ class Response(_Message):
         self._extra = extra if extra is not None else ExtraInfo()
 
     @classmethod
-    def for_request(cls, extra: ExtraInfo, deadline: float) -> Response:
-        """``Response(extra=extra)`` for a call the runner received (its own constructor, on every call's path)."""
+    def for_call(
+        cls, status: int, headers: Headers | Load, upstream: bool, extra: ExtraInfo, deadline: float
+    ) -> Response:
+        """``Response(status, headers, extra, upstream=upstream)`` for a call the runner received, unchecked
+        (its own constructor, on every call's path): a new ``Headers()`` in the request phase, in the
+        response phase a function returning what APISIX sent, called when first read."""
         response = cls.__new__(cls)
-        response.deadline, response._status, response._upstream = deadline, 200, False
-        response._headers = Headers()
-        response._body = response._new_body = None
-        response._extra = extra
-        return response
-
-    @classmethod
-    def from_upstream(cls, status: int, headers: Load, extra: ExtraInfo, deadline: float) -> Response:
-        """``Response(status, headers, extra, upstream=True)`` for a call the runner received (on every
-        response-phase call's path: ``headers`` returns what APISIX sent, loaded on first use)."""
-        response = cls.__new__(cls)
-        response.deadline, response._status, response._upstream = deadline, status, True
+        response.deadline, response._status, response._upstream = deadline, status, upstream
         response._headers = headers
         response._body = response._new_body = None
         response._extra = extra

@@ -70,3 +70,38 @@ def test_the_load_generator_counts_replies_that_do_not_match_the_scenario(tmp_pa
         server.stop()
     point = json.loads(done.stdout.splitlines()[-1])
     assert point["errors"] > 0, point
+
+
+# A summary as valgrind 3.19's cachegrind prints it (--cache-sim=yes --branch-sim=yes).
+_CACHEGRIND_SUMMARY = """\
+==482== I   refs:      531,419,275
+==482== I1  misses:      2,016,913
+==482== LLi misses:         19,566
+==482== I1  miss rate:        0.38%
+==482== D   refs:      240,905,216  (159,475,342 rd   + 81,429,874 wr)
+==482== D1  misses:      4,948,953  (  4,266,616 rd   +    682,337 wr)
+==482== Branches:       90,327,144  ( 78,498,262 cond + 11,828,882 ind)
+==482== Mispredicts:     9,292,747  (  5,547,036 cond +  3,745,711 ind)
+"""
+
+
+def test_cachegrind_reads_every_total_of_valgrinds_summary() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import cachegrind
+    finally:
+        sys.path.remove(str(BENCH))
+    assert cachegrind.summary(_CACHEGRIND_SUMMARY) == {
+        "I refs": 531_419_275,
+        "I1 misses": 2_016_913,
+        "D1 misses": 4_948_953,
+        "Mispredicts": 9_292_747,
+    }
+
+
+def test_the_calls_cachegrind_counts_run_on_this_checkout() -> None:
+    # The part that runs under valgrind, without it: one batch of each scenario.
+    for scenario in ("stop", "rewrite", "var", "resp"):
+        child = [sys.executable, str(BENCH / "cachegrind.py"), "--child", str(BENCH.parent), scenario, "1"]
+        done = subprocess.run(child, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
