@@ -342,8 +342,9 @@ static double cpu_self_s(void)
     return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
-/* utime+stime of every thread of process `pid`, in seconds; -1 if unknown. */
-static double cpu_of_one_pid_s(int pid)
+/* utime+stime of every thread of process `pid`, in seconds, its stime added to
+ * `*sys`; -1 if unknown. */
+static double cpu_of_one_pid_s(int pid, double *sys)
 {
     char path[64], buf[2048];
     if (pid <= 0)
@@ -361,6 +362,7 @@ static double cpu_of_one_pid_s(int pid)
     unsigned long long ut, st;
     if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
         return -1;
+    *sys += (double)st / (double)sysconf(_SC_CLK_TCK);
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
@@ -379,14 +381,16 @@ static int children_of(int pid, int *out, int max)
     return n;
 }
 
-/* CPU of process `pid` and of its children (a master and its workers), in seconds; -1 if unknown. */
-static double cpu_of_pid_s(int pid)
+/* CPU of process `pid` and of its children (a master and its workers), in
+ * seconds, the part spent in the kernel in `*sys`; -1 if unknown. */
+static double cpu_of_pid_s(int pid, double *sys)
 {
-    double total = cpu_of_one_pid_s(pid);
+    *sys = 0;
+    double total = cpu_of_one_pid_s(pid, sys);
     int kids[64];
     int n = total < 0 ? 0 : children_of(pid, kids, 64);
     for (int i = 0; i < n; i++) {
-        double c = cpu_of_one_pid_s(kids[i]);
+        double c = cpu_of_one_pid_s(kids[i], sys);
         if (c > 0)
             total += c;
     }
@@ -829,11 +833,11 @@ int main(int argc, char **argv)
     g.next_id = 1;
 
     uint64_t t0, t1;
-    double cli0, cli1, srv0, srv1, all0, all1;
+    double cli0, cli1, srv0, srv1, sys0, sys1, all0, all1;
     long idle_rss_kb = -1, idle_threads = -1;
     if (g.burst) {
         g_conns = cs, g_nconns = conns;
-        t0 = g.burst_t0 = now_ns(), cli0 = cpu_self_s(), srv0 = cpu_of_pid_s(g.server_pid), all0 = cpu_machine_s();
+        t0 = g.burst_t0 = now_ns(), cli0 = cpu_self_s(), srv0 = cpu_of_pid_s(g.server_pid, &sys0), all0 = cpu_machine_s();
         g.counting = 1, g.issuing = 1;
         for (int i = 0; i < conns; i++) {
             cs[i].connecting = 1;
@@ -841,7 +845,7 @@ int main(int argc, char **argv)
         }
         g.burst_left = conns;
         loop(t0 + (uint64_t)(duration * 1e9), 1);
-        t1 = now_ns(), cli1 = cpu_self_s(), srv1 = cpu_of_pid_s(g.server_pid), all1 = cpu_machine_s();
+        t1 = now_ns(), cli1 = cpu_self_s(), srv1 = cpu_of_pid_s(g.server_pid, &sys1), all1 = cpu_machine_s();
         idle_threads = status_field(g.server_pid, "Threads");
         g.errors += g.burst_left - g.inflight; /* never connected (or never sent) in time */
     } else if (idle_hold < 0) {
@@ -849,11 +853,11 @@ int main(int argc, char **argv)
         for (int i = 0; i < conns; i++)
             start_call(&cs[i]);
         loop(now_ns() + (uint64_t)(warmup * 1e9), 0);
-        t0 = now_ns(), cli0 = cpu_self_s(), srv0 = cpu_of_pid_s(g.server_pid), all0 = cpu_machine_s();
+        t0 = now_ns(), cli0 = cpu_self_s(), srv0 = cpu_of_pid_s(g.server_pid, &sys0), all0 = cpu_machine_s();
         g.counting = 1;
         loop(t0 + (uint64_t)(duration * 1e9), 0);
         g.counting = g.issuing = 0;
-        t1 = now_ns(), cli1 = cpu_self_s(), srv1 = cpu_of_pid_s(g.server_pid), all1 = cpu_machine_s();
+        t1 = now_ns(), cli1 = cpu_self_s(), srv1 = cpu_of_pid_s(g.server_pid, &sys1), all1 = cpu_machine_s();
         /* Let the calls in flight finish so the server is not cut off mid-call. */
         loop(now_ns() + (uint64_t)(drain * 1e9), 1);
     } else {
@@ -861,12 +865,12 @@ int main(int argc, char **argv)
         nanosleep(&hold, NULL);
         idle_rss_kb = status_field(g.server_pid, "VmRSS");
         idle_threads = status_field(g.server_pid, "Threads");
-        t0 = now_ns(), cli0 = cpu_self_s(), srv0 = cpu_of_pid_s(g.server_pid), all0 = cpu_machine_s();
+        t0 = now_ns(), cli0 = cpu_self_s(), srv0 = cpu_of_pid_s(g.server_pid, &sys0), all0 = cpu_machine_s();
         g.counting = 1;
         for (int i = 0; i < conns; i++)
             start_call(&cs[i]);
         loop(t0 + (uint64_t)(duration * 1e9), 1);
-        t1 = now_ns(), cli1 = cpu_self_s(), srv1 = cpu_of_pid_s(g.server_pid), all1 = cpu_machine_s();
+        t1 = now_ns(), cli1 = cpu_self_s(), srv1 = cpu_of_pid_s(g.server_pid, &sys1), all1 = cpu_machine_s();
     }
     g.timeouts = g.inflight;
     g.errors += g.timeouts;
@@ -878,11 +882,11 @@ int main(int argc, char **argv)
     printf("{\"scenario\": \"%s\", \"mode\": \"%s\", \"conns\": %d, \"token\": %u, \"seconds\": %.3f, "
            "\"calls\": %ld, \"errors\": %ld, \"timeouts\": %ld, \"calls_per_s\": %.1f, "
            "\"p50_us\": %.1f, \"p99_us\": %.1f, \"max_us\": %.1f, \"client_cpu_s\": %.3f, "
-           "\"server_cpu_s\": %.3f, \"machine_cpu_s\": %.3f, \"connect_s\": %.3f, \"server_idle_rss_kb\": %ld, \"server_idle_threads\": %ld, "
+           "\"server_cpu_s\": %.3f, \"server_sys_s\": %.3f, \"machine_cpu_s\": %.3f, \"connect_s\": %.3f, \"server_idle_rss_kb\": %ld, \"server_idle_threads\": %ld, "
            "\"server_base_rss_kb\": %ld}\n",
            scenario, g.burst ? "burst" : idle_hold < 0 ? "load" : "idle", conns, token, secs, g.calls, g.errors, g.timeouts,
            (double)g.calls / secs, pct_us(&g.lat, 0.50), pct_us(&g.lat, 0.99), g.lat.n ? (double)g.lat.v[g.lat.n - 1] / 1000.0 : 0,
-           cli1 - cli0, srv0 < 0 || srv1 < 0 ? -1.0 : srv1 - srv0, all0 < 0 || all1 < 0 ? -1.0 : all1 - all0, connect_s, idle_rss_kb, idle_threads,
+           cli1 - cli0, srv0 < 0 || srv1 < 0 ? -1.0 : srv1 - srv0, srv0 < 0 || srv1 < 0 ? -1.0 : sys1 - sys0, all0 < 0 || all1 < 0 ? -1.0 : all1 - all0, connect_s, idle_rss_kb, idle_threads,
            base_rss_kb);
     return 0;
 }

@@ -65,6 +65,7 @@ MEDIAN_FIELDS = (
     "p99_us",
     "max_us",
     "server_cpu_s",
+    "server_sys_s",
     "client_cpu_s",
     "machine_cpu_s",
     "seconds",
@@ -256,6 +257,7 @@ def summarise(points: list[dict]) -> dict[tuple, dict]:
         row["errors"] = sum(p["errors"] for p in ps)
         row["runs"] = f"{len(clean)}/{len(ps)}"
         row["server_cpu_us_per_call"] = row["server_cpu_s"] / row["calls"] * 1e6 if row["calls"] else 0
+        row["server_sys_us_per_call"] = row["server_sys_s"] / row["calls"] * 1e6 if row["calls"] else 0
         row["server_cores"] = row["server_cpu_s"] / row["seconds"]
         row["client_cores"] = row["client_cpu_s"] / row["seconds"]
         row["other_cores"] = statistics.median(other_cores(p) for p in clean)
@@ -275,6 +277,7 @@ LOAD_COLUMNS = [
     ("max µs", "max_us", 0, 1),
     ("errors", "errors", 0, 1),
     ("server CPU µs/call", "server_cpu_us_per_call", 1, 1),
+    ("of which kernel", "server_sys_us_per_call", 1, 1),
     ("server cores", "server_cores", 2, 1),
     ("client cores", "client_cores", 2, 1),
     ("other cores", "other_cores", 2, 1),

@@ -33,6 +33,7 @@ def test_every_scenario_is_answered_correctly_by_the_runner_and_the_reference(tm
     assert served == {(s, c) for s in ("runner", "reference") for c in scenarios}
     for p in points:
         assert p["calls"] > 0 and p["errors"] == 0 and p["server_exit"] == 0, p
+        assert 0 <= p["server_sys_s"] <= p["server_cpu_s"], p  # the kernel's part of the server's CPU
 
 
 def test_idle_connections_are_all_answered(tmp_path: Path) -> None:
