@@ -14,6 +14,14 @@
   after large bodies ``release_memory`` asks it to return what is free
   (``malloc_trim``) once the runner is idle again. Elsewhere (musl, macOS)
   there is nothing to do.
+* glibc's allocator is tuned at start (``tune_allocator``): one arena, so a
+  trim reaches every free byte, not only the main arena's; buffers up to 32
+  MiB from the heap, not mapped and unmapped per body (each new mapping is
+  zeroed pages faulted in); no trim on every free, only ``release_memory``'s.
+  Measured against the same code without it (bench/README.md): 6 concurrent
+  15 MiB bodies peaked at 78-109 MiB against 134-151 and idled after at 29
+  MiB against 90-150; 1 MiB bodies, pinned, 16 connections: 1.35 times the
+  calls/s, 300 µs of kernel CPU per call against 572.
 """
 
 from __future__ import annotations
@@ -85,7 +93,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # from <malloc.
 
 
 def tune_allocator() -> None:
-    """One glibc arena, big buffers from the heap, trimmed only when asked (see the module docstring)."""
+    """One glibc arena, big buffers from the heap, trimmed only when asked (the module docstring says why)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
