@@ -362,8 +362,9 @@ static double cpu_of_one_pid_s(int pid, double *sys)
     unsigned long long ut, st;
     if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
         return -1;
-    *sys += (double)st / (double)sysconf(_SC_CLK_TCK);
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+    double tick = (double)sysconf(_SC_CLK_TCK);
+    *sys += (double)st / tick;
+    return (double)(ut + st) / tick;
 }
 
 /* The children of process `pid` (a runner's worker processes), up to `max`; how many. */

@@ -102,6 +102,13 @@ def _entry(name: str, value: str | None) -> bytes:
     return b"".join((_ENTRY_VT, head, raw, _ZEROS[n & 3], _pack_u32(len(rv)), rv, _ZEROS[len(rv) & 3]))
 
 
+# The packer of a vector's count and cells, by count, made once for the usual
+# sizes: formatting the struct format per vector (an int to text, a new string
+# to hash) missed the instruction cache on every call (bench/cachegrind.py:
+# rewrite, two vectors, about 30 I1 misses and 650 instructions per call).
+_VECTOR_HEADS = tuple(struct.Struct(f"<{n + 1}I").pack for n in range(64))
+
+
 def _entry_vector(pairs: Entries) -> bytes:
     """[count][cells][entry]...: each cell holds the distance to its entry's table."""
     count = len(pairs)
@@ -121,13 +128,6 @@ def _entry_vector(pairs: Entries) -> bytes:
     pack = _VECTOR_HEADS[count] if count < len(_VECTOR_HEADS) else struct.Struct(f"<{count + 1}I").pack
     blobs[0] = pack(count, *cells)
     return b"".join(blobs)
-
-
-# The packer of a vector's count and cells, by count, made once for the usual
-# sizes: formatting the struct format per vector (an int to text, a new string
-# to hash) missed the instruction cache on every call (bench/cachegrind.py: rewrite,
-# two vectors, about 30 I1 misses and 650 instructions per call).
-_VECTOR_HEADS = tuple(struct.Struct(f"<{n + 1}I").pack for n in range(64))
 
 
 def _child(child: object) -> bytes:
